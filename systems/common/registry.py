@@ -1,0 +1,174 @@
+"""Model registry helpers over MLflow: register, alias, load by alias, promote behind a gate.
+
+Deployments never name a version: they load ``models:/<name>@champion``. Moving the ``champion`` alias is
+the deploy; moving it back is the rollback. Aliases replaced MLflow's stages (deprecated since 2.9) and we never
+use stages.
+
+The default backend is sqlite under the data dir with local artifacts (register ~0.07 s, load by alias
+~0.05 s); compose points ``MLSD_MLFLOW_TRACKING_URI`` at an MLflow server on Postgres. ``pip_requirements`` is
+always passed, because letting MLflow infer requirements costs 7–12 s per logged model.
+
+mlflow is imported inside the functions: it costs ~2 s and nothing should pay that at import.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from systems.common.settings import MlsdSettings
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+_FLAVOR_PACKAGES = {
+    "sklearn": ["scikit-learn"],
+    "xgboost": ["xgboost-cpu", "scikit-learn"],
+    "lightgbm": ["lightgbm", "scikit-learn"],
+    "pytorch": ["torch"],
+    "pyfunc": [],
+}
+
+
+def configure(settings: MlsdSettings) -> str:
+    """Point MLflow's tracking and registry at the configured backend; returns the URI."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    settings.ensure_dirs()
+    uri = settings.tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def _experiment(name: str, settings: MlsdSettings) -> str:
+    """Experiment id, created with artifacts under the data dir (not ./mlruns of the working directory)."""
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    location = (settings.artifacts_dir / name).resolve().as_uri()
+    return str(mlflow.create_experiment(name, artifact_location=location))
+
+
+def log_and_register(
+    model: Any,
+    *,
+    flavor: str,
+    name: str,
+    params: dict[str, Any] | None = None,
+    metrics: dict[str, float] | None = None,
+    pip_requirements: list[str] | None = None,
+    settings: MlsdSettings | None = None,
+    experiment: str | None = None,
+    tags: dict[str, str] | None = None,
+    **log_kwargs: Any,
+) -> str:
+    """Log ``model`` in a new run with params/metrics, register it as ``name`` and return the version."""
+    import importlib
+
+    import mlflow
+
+    settings = settings or MlsdSettings()
+    configure(settings)
+    flavor_module = importlib.import_module(f"mlflow.{flavor}")
+    requirements = pip_requirements if pip_requirements is not None else _FLAVOR_PACKAGES.get(flavor, [])
+    experiment_id = _experiment(experiment or name, settings)
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+        if params:
+            mlflow.log_params(params)
+        if metrics:
+            mlflow.log_metrics(metrics)
+        info = flavor_module.log_model(
+            model, name="model", registered_model_name=name, pip_requirements=requirements, **log_kwargs
+        )
+        log.info("logged %s run %s", name, run.info.run_id)
+    version = info.registered_model_version
+    if version is None:  # older servers do not echo the version: look it up
+        from mlflow import MlflowClient
+
+        versions = MlflowClient().search_model_versions(f"name='{name}'")
+        version = max(int(v.version) for v in versions)
+    return str(version)
+
+
+def set_alias(name: str, alias: str, version: str | int) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def get_alias_version(name: str, alias: str) -> str | None:
+    """The version an alias points at, or None when the model or alias does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def model_uri(name: str, alias: str = CHAMPION) -> str:
+    return f"models:/{name}@{alias}"
+
+
+def load_by_alias(name: str, alias: str = CHAMPION, flavor: str = "pyfunc") -> Any:
+    """Load the model an alias points at with the given flavor's loader (``sklearn``, ``pytorch``, …)."""
+    import importlib
+
+    return importlib.import_module(f"mlflow.{flavor}").load_model(model_uri(name, alias))
+
+
+def get_version_metric(name: str, version: str, metric: str) -> float | None:
+    """A metric of the run that produced a model version (used to compare candidates)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    mv = client.get_model_version(name, version)
+    if mv.run_id is None:
+        return None
+    value = client.get_run(mv.run_id).data.metrics.get(metric)
+    return None if value is None else float(value)
+
+
+def promote_if_better(
+    name: str,
+    candidate_version: str | int,
+    *,
+    metric: str,
+    candidate_value: float,
+    champion_value: float | None,
+    alias: str = CHAMPION,
+    higher_is_better: bool = True,
+    min_delta: float = 0.0,
+) -> bool:
+    """The evaluation gate: move ``alias`` to the candidate only if it beats the champion on ``metric``.
+
+    Both values must come from the *same* evaluation window; the caller computes them. With no champion yet,
+    the candidate is promoted. Returns whether the alias moved.
+    """
+    if champion_value is None:
+        better = True
+    elif higher_is_better:
+        better = candidate_value > champion_value + min_delta
+    else:
+        better = candidate_value < champion_value - min_delta
+    if better:
+        set_alias(name, alias, candidate_version)
+    log.info(
+        "gate %s %s: candidate v%s %s=%.4f vs champion %s -> %s",
+        name,
+        alias,
+        candidate_version,
+        metric,
+        candidate_value,
+        "none" if champion_value is None else f"{champion_value:.4f}",
+        "promoted" if better else "kept champion",
+    )
+    return better
