@@ -236,16 +236,56 @@ def bench_selftest(
     console.print(table)
 
 
+@bench_app.command("broker")
+def bench_broker(
+    out: Annotated[Path, typer.Option(help="JSON report path")] = Path(".mlsd/bench/broker.json"),
+    messages: Annotated[int, typer.Option(help="messages per client and run")] = 100_000,
+    repeats: Annotated[int, typer.Option(help="runs per client; the median is reported")] = 3,
+) -> None:
+    """Produce/consume msg/s and group-join time for both Kafka clients on a fresh local tansu broker."""
+    import statistics
+
+    from systems.common.bench import write_report
+    from systems.common.broker import LocalBroker, measure_round_trip
+    from systems.common.proc import free_port
+
+    settings = MlsdSettings()
+    result: dict[str, Any] = {"benchmark": "broker", "messages": messages, "message_bytes": 200, "clients": {}}
+    with LocalBroker(free_port()) as broker:
+        local = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        for client in ("confluent", "kafka-python"):
+            runs = []
+            for rep in range(repeats):
+                with console.status(f"{client}: run {rep + 1}/{repeats}"):
+                    runs.append(measure_round_trip(local, client, n=messages))
+            result["clients"][client] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    base = result["clients"]["kafka-python"]
+    result["ratio_confluent_vs_kafka_python"] = {
+        k: round(result["clients"]["confluent"][k] / base[k], 2) for k in ("produce_msg_per_s", "consume_msg_per_s")
+    }
+    write_report(result, out)
+    table = Table(title=f"broker round trip, {messages:,} × 200 B, median of {repeats} → {out}")
+    for col in ("client", "produce msg/s", "consume msg/s", "group join s"):
+        table.add_column(col, justify="right")
+    for client, r in result["clients"].items():
+        table.add_row(
+            client,
+            f"{r['produce_msg_per_s']:,.0f}",
+            f"{r['consume_msg_per_s']:,.0f}",
+            f"{r['group_join_first_message_s']:.2f}",
+        )
+    console.print(table)
+
+
 # ------------------------------------------------------------------------------------------------ demo
 
 
 def foundation_demo() -> list[tuple[str, str]]:
     """Fetch data, start a broker, round-trip 10k messages through a consumer group, run a short selftest."""
     import tempfile
-    import uuid
 
     from systems.common.bench import selftest
-    from systems.common.broker import LocalBroker, TopicSpec, create_topics, make_consumer, make_producer
+    from systems.common.broker import LocalBroker, measure_round_trip
     from systems.common.data import LOADERS
     from systems.common.proc import free_port
 
@@ -259,33 +299,14 @@ def foundation_demo() -> list[tuple[str, str]]:
             rows.append((f"data {name}", ", ".join(f"{k} {len(v):,}" for k, v in frames.items())))
     with LocalBroker(free_port(), log_path=settings.system_dir("broker") / "demo-broker.log") as broker:
         local = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
-        topic = f"demo-{uuid.uuid4().hex[:6]}"
-        create_topics(local, [TopicSpec(topic, 3)])
-        n = 10_000
         for client in ("confluent", "kafka-python"):
-            with console.status(f"{client}: produce + consume {n:,} messages"):
-                producer = make_producer(local, client)
-                start = time.perf_counter()
-                for i in range(n):
-                    producer.send(topic, b"x" * 200, key=str(i).encode())
-                producer.flush()
-                produce_s = time.perf_counter() - start
-                producer.close()
-                consumer = make_consumer(local, [topic], f"demo-{client}", client)
-                start = time.perf_counter()
-                got, first = 0, None
-                while got < n and time.perf_counter() - start < 60:
-                    batch = consumer.poll(1.0, 2000)
-                    if batch and first is None:
-                        first = time.perf_counter() - start
-                    got += len(batch)
-                consumer.commit()
-                consumer.close()
+            with console.status(f"{client}: produce + consume 10,000 messages through a consumer group"):
+                r = measure_round_trip(local, client, n=10_000)
             rows.append(
                 (
                     f"kafka {client}",
-                    f"{n / produce_s:,.0f} msg/s produce; {got:,}/{n:,} consumed, "
-                    f"group join + first message {first or float('nan'):.1f} s",
+                    f"{r['consumed']:,.0f}/{r['messages']:,.0f} back; {r['produce_msg_per_s']:,.0f} msg/s produce, "
+                    f"{r['consume_msg_per_s']:,.0f} msg/s consume, group join {r['group_join_first_message_s']:.1f} s",
                 )
             )
     with console.status("bench selftest (short)"), tempfile.TemporaryDirectory() as tmp:

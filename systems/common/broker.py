@@ -474,3 +474,50 @@ def run_consumer_loop(
             handle(batch)
         producer.flush()
         consumer.commit()
+
+
+# ------------------------------------------------------------------------------------------ measurement
+
+
+def measure_round_trip(
+    settings: MlsdSettings, client: str, *, n: int = 100_000, size: int = 200, partitions: int = 3
+) -> dict[str, float]:
+    """Produce ``n`` messages of ``size`` bytes (acks=all) and read them back through a fresh consumer group.
+
+    Returns produce and consume rates (msg/s) and the seconds from subscribe to the first message (the
+    group join, which tansu holds for session_timeout / 2).
+    """
+    import uuid
+
+    topic = f"bench-{client}-{uuid.uuid4().hex[:8]}"
+    create_topics(settings, [TopicSpec(topic, partitions)])
+    producer = make_producer(settings, client)
+    producer.send(topic, b"warm-up")  # the first send pays for metadata and connections
+    producer.flush()
+    payload = b"x" * size
+    start = time.perf_counter()
+    for i in range(n):
+        producer.send(topic, payload, key=str(i).encode())
+    producer.flush()
+    produce_s = time.perf_counter() - start
+    producer.close()
+
+    consumer = make_consumer(settings, [topic], f"{topic}-group", client)
+    start = time.perf_counter()
+    got, first = 0, float("nan")
+    while got < n + 1 and time.perf_counter() - start < 120:
+        batch = consumer.poll(timeout_s=0.5, max_records=5000)
+        if batch and got == 0:
+            first = time.perf_counter() - start
+            start_consume = time.perf_counter()
+        got += len(batch)
+    consume_s = time.perf_counter() - start_consume if got else float("nan")
+    consumer.commit()
+    consumer.close()
+    return {
+        "messages": float(n),
+        "consumed": float(got - 1),
+        "produce_msg_per_s": round(n / produce_s, 1),
+        "consume_msg_per_s": round(got / consume_s, 1) if got else 0.0,
+        "group_join_first_message_s": round(first, 3),
+    }
