@@ -236,6 +236,9 @@ class _ConfluentProducer:
 
     def close(self) -> None:
         self.flush()
+        # Drop the librdkafka handle now rather than at garbage collection, so a closed producer never
+        # logs reconnect attempts after its broker has gone.
+        del self._producer
 
 
 class _KafkaPythonProducer:

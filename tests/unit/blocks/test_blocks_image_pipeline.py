@@ -1,0 +1,145 @@
+"""Image pipeline on real scikit-learn digits written as PNG files (small: 200 digits x 2 copies, 32 px)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from systems.blocks.image_pipeline import (
+    ImageFolderDataset,
+    compute_mean_std,
+    list_images,
+    make_dataloader,
+    measure_throughput,
+    split_samples,
+    write_digits_images,
+)
+
+pytestmark = pytest.mark.unit
+
+N_DIGITS, COPIES, SIZE = 200, 2, 32
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_digits_images(tmp_path_factory.mktemp("digits"), size=SIZE, copies=COPIES, limit=N_DIGITS)
+
+
+def test_files_are_the_real_digits(root: Path) -> None:
+    samples = list_images(root)
+    assert len(samples) == N_DIGITS * COPIES
+    digits = load_digits()
+    for s in samples[:: COPIES * 7]:
+        assert s.label == digits.target[s.source]
+        with Image.open(s.path) as img:
+            assert img.size == (SIZE, SIZE) and img.mode == "L"
+            small = np.asarray(img.resize((8, 8), Image.Resampling.BOX), dtype=float)
+        if s.path.stem.endswith("_000"):  # the unshifted copy looks like the original 8x8 digit
+            corr = np.corrcoef(small.ravel(), digits.images[s.source].ravel())[0, 1]
+            assert corr > 0.9
+
+
+def test_write_is_idempotent(root: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in root.glob("*/*.png")}
+    write_digits_images(root, size=SIZE, copies=COPIES, limit=N_DIGITS)
+    assert {p: p.stat().st_mtime_ns for p in root.glob("*/*.png")} == before
+
+
+def test_rewrite_with_other_parameters_and_distinct_copies(tmp_path: Path) -> None:
+    write_digits_images(tmp_path, size=8, copies=11, limit=3)
+    files = sorted(tmp_path.glob("*/*.png"))
+    assert len(files) == 33
+    pixels = set()
+    for f in files:
+        with Image.open(f) as img:
+            pixels.add(np.asarray(img).tobytes())
+    assert len(pixels) == 33  # every copy differs from the others
+    write_digits_images(tmp_path, size=8, copies=1, limit=3)
+    assert len(list(tmp_path.glob("*/*.png"))) == 3  # stale files removed
+
+
+def test_split_keeps_copies_together(root: Path) -> None:
+    train, val = split_samples(list_images(root), val_fraction=0.25, seed=0)
+    assert len(train) + len(val) == N_DIGITS * COPIES
+    assert len(val) == 0.25 * N_DIGITS * COPIES
+    assert not {s.source for s in train} & {s.source for s in val}
+    assert split_samples(list_images(root), val_fraction=0.25, seed=0) == (train, val)
+
+
+def test_dataset_shapes_and_ranges(root: Path) -> None:
+    samples = list_images(root)
+    ds = ImageFolderDataset(samples, size=16)
+    x, y = ds[0]
+    assert x.shape == (1, 16, 16) and x.dtype == torch.float32 and isinstance(y, int)
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0 and float(x.max()) > 0.5
+    rgb, _ = ImageFolderDataset(samples, size=16, mode="RGB")[0]
+    assert rgb.shape == (3, 16, 16)
+    torch.testing.assert_close(rgb[0], x[0])  # gray -> RGB replicates the channel
+    with pytest.raises(ValueError):
+        ImageFolderDataset(samples, mean=[0.5, 0.5], std=[1.0, 1.0])
+
+
+def test_mean_std_match_numpy_on_training_split(root: Path) -> None:
+    train, _ = split_samples(list_images(root))
+    mean, std = compute_mean_std(train, size=SIZE, batch_size=64)
+    raw = ImageFolderDataset(train, size=SIZE)
+    allx = np.stack([raw.load(i).numpy() for i in range(len(raw))]).astype(np.float64)
+    np.testing.assert_allclose(mean, [allx.mean()], rtol=1e-9)
+    np.testing.assert_allclose(std, [allx.std()], rtol=1e-7)
+    assert 0.05 < mean[0] < 0.6 and 0.1 < std[0] < 0.5  # mostly-black digits
+
+
+def test_normalised_training_batches(root: Path) -> None:
+    loader = make_dataloader(root, batch_size=32, num_workers=0, seed=0, size=SIZE, drop_last=False)
+    xs, ys = zip(*loader, strict=True)
+    x = torch.cat(xs).double()
+    assert x.shape[1:] == (1, SIZE, SIZE)
+    assert abs(float(x.mean())) < 1e-4 and abs(float(x.std()) - 1.0) < 1e-3
+    assert set(torch.cat(ys).tolist()) == set(range(10))
+    # the validation loader uses the *training* statistics, in file order
+    val = make_dataloader(root, batch_size=32, num_workers=0, seed=0, size=SIZE, train=False)
+    xv = torch.cat([b for b, _ in val])
+    assert abs(float(xv.mean())) < 0.2  # close to, but not exactly, 0
+    assert val.drop_last is False
+
+
+def test_seeded_shuffle_is_deterministic_across_workers(root: Path) -> None:
+    def labels(seed: int, workers: int) -> list[list[int]]:
+        dl = make_dataloader(root, batch_size=50, num_workers=workers, seed=seed, size=8, mean=[0.3], std=[0.3])
+        return [[int(v) for _, y in dl for v in y] for _epoch in range(2)]
+
+    a = labels(0, 0)
+    assert a == labels(0, 0)
+    assert a[0] != a[1]  # a new order each epoch, from the same generator
+    assert a != labels(1, 0)
+    assert a == labels(0, 2)  # workers do not change the order
+
+
+def test_loader_settings(root: Path) -> None:
+    dl = make_dataloader(root, batch_size=16, num_workers=2, seed=0, size=8, mean=[0.3], std=[0.3])
+    assert dl.num_workers == 2 and dl.persistent_workers and dl.prefetch_factor == 4 and dl.drop_last
+    assert dl.pin_memory == torch.cuda.is_available()
+
+
+def test_measure_throughput_reports_each_worker_count(root: Path) -> None:
+    rates = measure_throughput(root, num_workers=(0, 1), batch_size=64, size=16, repeats=1)
+    assert set(rates) == {0, 1} and all(r > 50 for r in rates.values())
+
+
+def test_ranks_get_disjoint_shards(root: Path) -> None:
+    train, _ = split_samples(list_images(root))
+    shards = []
+    for rank in (0, 1):
+        dl = make_dataloader(
+            root, batch_size=16, num_workers=0, seed=0, size=8, mean=[0.3], std=[0.3], rank=rank, world_size=2
+        )
+        indices = list(iter(dl.sampler))  # indices into the same training split on every rank
+        assert sum(x.shape[0] for x, _ in dl) == len(indices) // 16 * 16  # drop_last when training
+        shards.append(set(indices))
+    assert not shards[0] & shards[1]
+    assert len(shards[0]) == len(shards[1]) == len(train) // 2
