@@ -1,0 +1,172 @@
+"""The same training loop (``train.run_training``) under Ray Train's ``TorchTrainer``.
+
+    mlsd dist ray --preset cpu_debug --workers 2 [--fail-at-step 25]
+
+Ray starts the workers and the gloo/NCCL process group; each worker calls ``run_training`` unchanged.
+Every checkpoint the loop writes is reported with ``ray.train.report(..., checkpoint=...)`` (rank 0 passes
+the folder, the others ``None``: report is a barrier that all ranks must reach). With
+``FailureConfig(max_failures=1)`` a dead worker makes Ray restart the whole group, and the new workers
+resume from ``ray.train.get_checkpoint()``, i.e. the last reported checkpoint.
+
+Ray's own costs (cluster start, actor creation, process-group set-up) are start-up, reported apart from the
+steady-state step time (median over steps, from the same ``metrics.jsonl`` torchrun runs write).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from systems.distributed_training.train import read_metrics
+
+
+@dataclass
+class RayRunReport:
+    workers: int
+    fit_s: float  # trainer.fit() wall time
+    startup_s: float  # fit() call -> first finished step (cluster already up)
+    ray_init_s: float
+    median_step_s: float  # steady state: steps after the first 5 (warm-up excluded)
+    steps: int
+    final_loss: float | None
+    checkpoint: str | None  # Ray's copy of the last reported checkpoint
+    restarts: int
+    recovery_s: float | None  # kill -> first finished step after the restart (when fail_at_step was set)
+    steps_lost: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker. Imports here: the worker process is fresh."""
+    import ray.train
+
+    from systems.distributed_training.train import get_preset, init_distributed, run_training
+
+    cfg = get_preset(config["preset"], **config["overrides"])
+    run_dir = Path(config["run_dir"])
+    ctx = init_distributed()  # Ray already created the process group: this only reads rank / world
+    fail_at = config.get("fail_at_step")
+    marker = run_dir / "killed_at"
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        # fault injection: rank 1 dies by SIGKILL once (the marker survives the restart, so only once)
+        if fail_at is not None and step == fail_at and ctx.rank == 1 and not marker.exists():
+            marker.write_text(str(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def on_checkpoint(step: int, path: Path | None, metrics: dict[str, float]) -> None:
+        ckpt = ray.train.Checkpoint.from_directory(str(path)) if path is not None else None
+        ray.train.report({"step": step, **metrics}, checkpoint=ckpt)
+
+    tokens = Path(config["tokens"])
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            run_training(
+                cfg,
+                tokens_path=tokens,
+                run_dir=run_dir,
+                ctx=ctx,
+                resume_from=Path(d),
+                on_step=on_step,
+                on_checkpoint=on_checkpoint,
+            )
+    else:
+        run_training(cfg, tokens_path=tokens, run_dir=run_dir, ctx=ctx, on_step=on_step, on_checkpoint=on_checkpoint)
+
+
+def run_ray_training(
+    *,
+    preset: str,
+    tokens: Path,
+    run_dir: Path,
+    workers: int = 2,
+    overrides: dict[str, Any] | None = None,
+    fail_at_step: int | None = None,
+    max_failures: int = 1,
+) -> RayRunReport:
+    """Start a local Ray (if none is running), fit, shut Ray down again, report."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    import ray
+    import ray.train
+    import torch
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    started_here = not ray.is_initialized()
+    if started_here and os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)  # a real cluster (compose, k8s)
+    elif started_here:
+        # logical CPUs: 2 workers at 1 CPU each plus Ray's controller; the OS shares the real 2 cores
+        ray.init(num_cpus=max(4, workers + 2), include_dashboard=False, log_to_driver=False)
+    ray_init_s = time.perf_counter() - t0
+    try:
+        trainer = TorchTrainer(
+            _train_loop_per_worker,
+            train_loop_config={
+                "preset": preset,
+                "overrides": overrides or {},
+                "run_dir": str(run_dir),
+                "tokens": str(tokens.resolve()),
+                "fail_at_step": fail_at_step,
+            },
+            torch_config=TorchConfig(backend="nccl" if torch.cuda.is_available() else "gloo"),
+            scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=torch.cuda.is_available()),
+            run_config=ray.train.RunConfig(
+                name="ray_train",
+                storage_path=str(run_dir / "ray_results"),
+                failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            ),
+        )
+        t_fit = time.time()
+        t1 = time.perf_counter()
+        result = trainer.fit()
+        fit_s = time.perf_counter() - t1
+    finally:
+        if started_here:
+            ray.shutdown()
+    return _report(run_dir, result=result, fit_s=fit_s, t_fit=t_fit, ray_init_s=ray_init_s, workers=workers)
+
+
+def _report(run_dir: Path, *, result: Any, fit_s: float, t_fit: float, ray_init_s: float, workers: int) -> RayRunReport:
+    records = read_metrics(run_dir / "metrics.jsonl")
+    steps = [r for r in records if r["event"] == "step"]
+    starts = [r for r in records if r["event"] == "start"]
+    killed = run_dir / "killed_at"
+    recovery_s = steps_lost = None
+    if killed.exists() and len(starts) > 1:
+        t_kill = float(killed.read_text())
+        restart = starts[1]
+        after = [r for r in steps if r["time"] > restart["time"]]
+        before = [r["step"] for r in steps if r["time"] < restart["time"]]
+        recovery_s = after[0]["time"] - t_kill if after else None
+        steps_lost = max(0, (max(before) + 1 if before else 0) - int(restart["step"]))
+    # steady state of the first attempt only (a restart's first steps are warm-up again)
+    first_end = starts[1]["time"] if len(starts) > 1 else float("inf")
+    first = [r["step_s"] for r in steps if r["time"] < first_end][5:]
+    losses = [r["loss"] for r in steps if "loss" in r]
+    ckpt = getattr(result, "checkpoint", None)
+    return RayRunReport(
+        workers=workers,
+        fit_s=fit_s,
+        startup_s=(steps[0]["time"] - t_fit) if steps else float("nan"),
+        ray_init_s=ray_init_s,
+        median_step_s=statistics.median(first) if first else float("nan"),
+        steps=max((r["step"] for r in steps), default=-1) + 1,
+        final_loss=losses[-1] if losses else None,
+        checkpoint=str(ckpt.path) if ckpt is not None else None,
+        restarts=len(starts) - 1,
+        recovery_s=recovery_s,
+        steps_lost=steps_lost,
+    )
