@@ -1,0 +1,192 @@
+"""``mlsd recsys``: train | up | bench | abtest | demo. Heavy imports happen inside the commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, help="Real-time recommendations: two-tower + ranker, Feast, Kafka, A/B.")
+console = Console()
+
+QUALITY_MODELS = (
+    "popularity",
+    "trending",
+    "implicit_als",
+    "implicit_bpr",
+    "two_tower",
+    "full_pipeline",
+    "lgbm_pipeline",
+)
+
+
+def quality_table(quality: dict[str, dict[str, float]]) -> Table:
+    t = Table(title="offline quality (temporal split, full ranking)")
+    for col in ("model", "recall@10", "recall@50", "ndcg@10", "coverage@10"):
+        t.add_column(col)
+    for name in QUALITY_MODELS:
+        if name in quality:
+            m = quality[name]
+            t.add_row(name, *(f"{m[c]:.4f}" for c in ("recall@10", "recall@50", "ndcg@10", "coverage@10")))
+    return t
+
+
+@app.command()
+def train(
+    users: Annotated[int, typer.Option(help="train on a random slice of N users (0 = all)")] = 0,
+    quick: Annotated[bool, typer.Option(help="the CI preset: 300 users, few epochs")] = False,
+) -> None:
+    """Train every model on the temporal split, evaluate, publish features to Feast."""
+    import logging
+
+    from systems.recsys.settings import RecsysSettings
+    from systems.recsys.train import TrainConfig, cpu_debug, train_and_publish
+
+    logging.basicConfig(level=logging.WARNING)
+    cfg = cpu_debug() if quick else TrainConfig()
+    if users:
+        cfg.n_users = users
+    res = train_and_publish(RecsysSettings(), cfg)
+    console.print(quality_table(res.quality))
+    console.print({k: round(v, 1) for k, v in res.timings_s.items()})
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="API port (default: settings api_port 8001)")] = 0,
+    broker: Annotated[bool, typer.Option(help="start a local tansu broker (off when Kafka runs elsewhere)")] = True,
+) -> None:
+    """Start the broker, the stream processor and the API; Ctrl-C stops all three."""
+    import threading
+
+    import uvicorn
+
+    from systems.common.broker import LocalBroker
+    from systems.recsys.serve import create_app
+    from systems.recsys.settings import RecsysSettings
+    from systems.recsys.stream import run_stream_processor
+
+    settings = RecsysSettings()
+    settings.ensure_dirs()
+    if not (settings.model_dir / "meta.json").exists():
+        console.print("no trained model: run `mlsd recsys train` first")
+        raise typer.Exit(1)
+    local = None
+    if broker:
+        bport = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
+        local = LocalBroker(port=bport, log_path=settings.recsys_dir / "broker.log")
+        local.start()
+    stop = threading.Event()
+    th = threading.Thread(target=run_stream_processor, args=(settings, stop), daemon=True)
+    th.start()
+    console.print(
+        f"API on http://{settings.host}:{port or settings.api_port}/recommend  events topic {settings.events_topic}"
+    )
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=port or settings.api_port, log_level="warning")
+    finally:
+        stop.set()
+        th.join(timeout=10)
+        if local is not None:
+            local.stop()
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="JSON report path (a PNG is written beside it)")] = Path(
+        ".mlsd/bench/recsys.json"
+    ),
+    catalogue: Annotated[int, typer.Option(help="catalogue size for ANN and serving")] = 1_000_000,
+    rates: Annotated[str, typer.Option(help="offered request rates")] = "50,100,200,300",
+    duration: Annotated[float, typer.Option(help="seconds per rate")] = 15.0,
+    freshness_n: Annotated[int, typer.Option(help="freshness trials")] = 30,
+    retrain: Annotated[bool, typer.Option(help="retrain even if a model exists")] = False,
+    workers: Annotated[int, typer.Option(help="uvicorn workers for the serving run")] = 2,
+    reuse_index: Annotated[bool, typer.Option(help="reuse the saved 1M-item HNSW index if present")] = False,
+) -> None:
+    """Quality, ANN recall/QPS at scale, serving latency under open-loop load, freshness."""
+    import logging
+
+    from systems.recsys.bench import run_bench
+    from systems.recsys.settings import RecsysSettings
+
+    logging.basicConfig(level=logging.INFO)
+    res = run_bench(
+        RecsysSettings(),
+        out,
+        catalogue=catalogue,
+        rates=[int(r) for r in rates.split(",")],
+        duration_s=duration,
+        freshness_n=freshness_n,
+        retrain=retrain,
+        workers=workers,
+        reuse_index=reuse_index,
+    )
+    console.print(quality_table(res["quality"]))
+    console.print({"ann": {k: res["ann"][k] for k in ("qps", "recall@10", "ef_search", "build_s")}})
+    console.print({r: v["latency_ms"] for r, v in res["serving"].items()})
+    console.print({"freshness_ms": res["freshness_ms"]})
+
+
+@app.command()
+def abtest(
+    experiment: Annotated[str, typer.Option(help="experiment name (salts the assignment hash)")] = "ranker-v1",
+    variants: Annotated[str, typer.Option(help="rankers, control first")] = "lgbm,deep",
+    requests_per_user: Annotated[int, typer.Option()] = 4,
+    guardrail_ms: Annotated[float, typer.Option(help="p99 latency guardrail")] = 50.0,
+    out: Annotated[Path | None, typer.Option(help="write the analysis JSON here")] = None,
+    inject_latency: Annotated[str, typer.Option(help="VARIANT:MS, a deliberately slow variant (guardrail demo)")] = "",
+) -> None:
+    """Simulated experiment on held-out future interactions: CTR + CI, z-test, SRM, latency guardrail."""
+    from systems.recsys.experiment import run_simulated_experiment
+    from systems.recsys.settings import RecsysSettings
+
+    res = run_simulated_experiment(
+        RecsysSettings(),
+        name=experiment,
+        variants=tuple(variants.split(",")),
+        requests_per_user=requests_per_user,
+        guardrail_ms=guardrail_ms,
+        extra_latency_ms={inject_latency.split(":")[0]: float(inject_latency.split(":")[1])}
+        if inject_latency
+        else None,
+    )
+    console.print_json(json.dumps(res, default=float))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2, default=float))
+
+
+@app.command()
+def demo(
+    user_id: Annotated[int, typer.Option(help="user to recommend for")] = 1,
+    k: Annotated[int, typer.Option()] = 5,
+) -> None:
+    """Train the quick preset if needed, then recommend for a known user, an anonymous session and a cold user."""
+    from systems.recsys.pipeline import Artifacts, Recommender
+    from systems.recsys.settings import RecsysSettings
+    from systems.recsys.train import cpu_debug, train_and_publish
+
+    settings = RecsysSettings()
+    if not (settings.model_dir / "meta.json").exists():
+        console.print("training the quick preset (300 users) ...")
+        res = train_and_publish(settings, cpu_debug())
+        console.print(quality_table(res.quality))
+    rec = Recommender(Artifacts.load(settings.model_dir))
+    a = rec.art
+    for label, ctx in (
+        (f"user {user_id}", rec.user_context(user_id - 1)),
+        ("anonymous, browsing Star Wars (50)", rec.user_context(None, session_items=[49])),
+        ("unknown user, no history", rec.user_context(None)),
+    ):
+        out = rec.recommend(ctx, k=k)
+        t = Table(title=f"{label}: {', '.join(f'{s} {v:.2f} ms' for s, v in out.timings_ms.items())}")
+        for col in ("item_id", "title", "score", "source"):
+            t.add_column(col)
+        for i, s, src in zip(out.items, out.scores, out.sources, strict=True):
+            t.add_row(str(int(i) + 1), a.titles[int(i)] if int(i) < len(a.titles) else "synthetic", f"{s:.3f}", src)
+        console.print(t)
