@@ -1,0 +1,420 @@
+"""``mlsd fraud bench --out FILE.json``: simulator, quality table, streaming, API and fault numbers.
+
+Every number comes from a real run on this machine: the handbook-size simulation (1.75 M rows), the
+model x imbalance-strategy table on the handbook's protocol, scorer subprocesses consuming from a
+tansu broker, uvicorn serving ``/score`` under open-loop load, and a SIGKILL/restart run.
+``--quick`` shrinks every part (a smoke run, not numbers to publish).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from systems.common.broker import LocalBroker, create_topics, make_consumer, make_producer
+from systems.common.errors import MlsdError
+from systems.common.proc import free_port
+from systems.fraud.data import SECONDS_PER_DAY, SimulatorConfig, handbook, simulate, small, write_dataset
+from systems.fraud.features import FEATURES
+from systems.fraud.replay import replay
+from systems.fraud.settings import FraudSettings
+from systems.fraud.store import DecisionStore
+from systems.fraud.stream import decision_store_url, fraud_topics
+from systems.fraud.train import (
+    HANDBOOK_PUBLISHED,
+    SplitConfig,
+    add_features,
+    best_by_ap,
+    compare_strategies,
+    delayed_split,
+    train_champion,
+)
+
+STREAM_START_DAY = 140  # scorers warm on days < 140 and score the days after (handbook scale)
+
+
+def _day_start(tx: pd.DataFrame, day: int) -> int:
+    return int(tx["ts_s"].min()) // SECONDS_PER_DAY * SECONDS_PER_DAY + day * SECONDS_PER_DAY
+
+
+def _settings_env(settings: FraudSettings) -> dict[str, str]:
+    return {f"MLSD_FRAUD_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None}
+
+
+def _scoped(base: FraudSettings, tag: str) -> FraudSettings:
+    u = f"{tag}-{uuid.uuid4().hex[:6]}"
+    return base.model_copy(
+        update={
+            "transactions_topic": f"tx-{u}",
+            "decisions_topic": f"dec-{u}",
+            "labels_topic": f"lab-{u}",
+            "predictions_topic": f"pred-{u}",
+            "group_id": f"scorer-{u}",
+            "decision_store_url": f"sqlite:///{(base.data_dir / 'fraud' / f'bench-{u}.db').resolve()}",
+        }
+    )
+
+
+def _start_scorers(settings: FraudSettings, n: int, log: Path, warm_until_s: int) -> list[subprocess.Popen[bytes]]:
+    env = {**os.environ, **_settings_env(settings)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "systems.fraud.stream",
+        "--history",
+        str(settings.history),
+        "--warm-until-s",
+        str(warm_until_s),
+    ]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return [
+        subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        for _ in range(n)
+    ]
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+
+def _wait_count(store: DecisionStore, n: int, timeout_s: float, procs: list[subprocess.Popen[bytes]]) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rows = store.count()[0]
+        if rows >= n:
+            return rows
+        if procs and all(p.poll() is not None for p in procs):
+            raise MlsdError("every scorer exited; see the scorer log")
+        time.sleep(0.2)
+    return store.count()[0]
+
+
+def _scorer_ready(
+    store: DecisionStore,
+    producer: Any,
+    settings: FraudSettings,
+    tx: pd.DataFrame,
+    start_s: int,
+    procs: list[subprocess.Popen[bytes]],
+) -> int:
+    """Send one warm-up transaction per partition key range and wait until the group is scoring."""
+    warm = replay(settings, producer, tx, start_s=start_s - 600, end_s=start_s, send_labels=False, limit=50)
+    got = _wait_count(store, warm.transactions, 180, procs)
+    if got < warm.transactions:
+        raise MlsdError("scorers did not start scoring within 180 s")
+    return warm.transactions
+
+
+def bench_stream_throughput(
+    base: FraudSettings, tx: pd.DataFrame, *, start_day: int, n_scorers: int, n_tx: int, log: Path
+) -> dict[str, Any]:
+    """Pre-load ``n_tx`` transactions, then let ``n_scorers`` drain them; throughput = stored / wall span."""
+    s = _scoped(base, f"thr{n_scorers}")
+    create_topics(s, fraud_topics(s))
+    start = _day_start(tx, start_day)
+    producer = make_producer(s)
+    procs = _start_scorers(s, n_scorers, log, start - 600)
+    store = DecisionStore(decision_store_url(s))
+    try:
+        warm = _scorer_ready(store, producer, s, tx, start, procs)
+        time.sleep(4.0)  # let a second scorer finish joining (rebalance) before the timed part
+        sent = replay(s, producer, tx, start_s=start, end_s=start + 60 * SECONDS_PER_DAY, limit=n_tx, send_labels=False)
+        t0 = time.perf_counter()
+        got = _wait_count(store, warm + sent.transactions, 600, procs)
+        df = store.frame()
+        timed = df[df["ts_s"] >= start]
+        span_s = (timed["decided_ms"].max() - timed["decided_ms"].min()) / 1000.0
+        return {
+            "scorers": n_scorers,
+            "transactions": sent.transactions,
+            "stored": int(got - warm),
+            "throughput_tps": round(len(timed) / max(span_s, 1e-9), 1),
+            "drain_s": round(time.perf_counter() - t0, 2),
+            "produce_tps": round(sent.rate, 1),
+        }
+    finally:
+        _stop(procs)
+        store.close()
+        producer.close()
+
+
+def bench_stream_latency(
+    base: FraudSettings, tx: pd.DataFrame, *, start_day: int, rates: list[int], duration_s: float, log: Path
+) -> dict[str, Any]:
+    """Open-loop replay at fixed rates into one scorer; latency = decision time - send time (same clock)."""
+    s = _scoped(base, "lat")
+    create_topics(s, fraud_topics(s))
+    start = _day_start(tx, start_day)
+    producer = make_producer(s)
+    procs = _start_scorers(s, 1, log, start - 600)
+    store = DecisionStore(decision_store_url(s))
+    out: dict[str, Any] = {}
+    try:
+        expected = _scorer_ready(store, producer, s, tx, start, procs)
+        cursor = start
+        for rate in rates:
+            n = int(rate * duration_s)
+            chunk = tx[tx["ts_s"] >= cursor].head(n)
+            end = int(chunk["ts_s"].max()) + 1
+            sent = replay(s, producer, tx, start_s=cursor, end_s=end, rate=rate, send_labels=True)
+            expected += sent.transactions
+            _wait_count(store, expected, 120, procs)
+            df = store.frame(since_ts_s=cursor)
+            df = df[df["ts_s"] < end]
+            lat = df["latency_ms"].to_numpy(np.float64)
+            lat = lat[int(len(lat) * 0.1) :] if len(lat) > 100 else lat  # drop the first 10 %: ramp-up
+            out[str(rate)] = {
+                "offered_tps": rate,
+                "achieved_send_tps": round(sent.rate, 1),
+                "decisions": len(df),
+                "latency_ms": {
+                    "p50": round(float(np.percentile(lat, 50)), 2),
+                    "p99": round(float(np.percentile(lat, 99)), 2),
+                    "max": round(float(lat.max()), 2),
+                },
+            }
+            cursor = end
+    finally:
+        _stop(procs)
+        store.close()
+        producer.close()
+    return out
+
+
+def bench_fault(
+    base: FraudSettings, tx: pd.DataFrame, *, start_day: int, n_tx: int, kill_after: int, log: Path
+) -> dict[str, Any]:
+    """SIGKILL the only scorer mid-stream, restart it, count lost and duplicated decisions."""
+    s = _scoped(base, "fault")
+    create_topics(s, fraud_topics(s))
+    start = _day_start(tx, start_day)
+    producer = make_producer(s)
+    sent = replay(s, producer, tx, start_s=start, end_s=start + 60 * SECONDS_PER_DAY, limit=n_tx, send_labels=False)
+    store = DecisionStore(decision_store_url(s))
+    procs = _start_scorers(s, 1, log, start)
+    try:
+        _wait_count(store, kill_after, 300, procs)
+        os.kill(procs[0].pid, signal.SIGKILL)
+        procs[0].wait(10)
+        at_kill = store.count()[0]
+        procs = _start_scorers(s, 1, log, start)
+        _wait_count(store, sent.transactions, 600, procs)
+        time.sleep(2.0)  # any late re-delivery would show up now
+        rows, distinct = store.count()
+    finally:
+        _stop(procs)
+    ids = set(store.frame()["tx_id"].tolist())
+    store.close()
+    expected = set(tx[(tx["ts_s"] >= start)].sort_values(["ts_s", "tx_id"]).head(n_tx)["tx_id"].tolist())
+    # the decisions *topic* is at-least-once: count how many were re-published after the restart
+    consumer = make_consumer(s, [s.decisions_topic], f"count-{uuid.uuid4().hex[:6]}")
+    seen: list[int] = []
+    idle, deadline = 0, time.monotonic() + 60
+    while time.monotonic() < deadline and (not seen or idle < 10):  # the group join alone takes ~3 s
+        recs = consumer.poll(0.3, 5000)
+        idle = 0 if recs else idle + 1
+        seen.extend(json.loads(r.value)["tx_id"] for r in recs)
+    consumer.close()
+    producer.close()
+    return {
+        "sent": sent.transactions,
+        "decided_before_kill": at_kill,
+        "decisions_stored": rows,
+        "lost": len(expected - ids),
+        "duplicates": rows - distinct,
+        "topic_messages": len(seen),
+        "topic_redelivered": len(seen) - len(set(seen)),
+    }
+
+
+def bench_api(
+    base: FraudSettings, tx: pd.DataFrame, *, start_day: int, rates: list[int], duration_s: float, log: Path
+) -> dict[str, Any]:
+    """Open-loop POST /score against one uvicorn worker (latency from the intended send time)."""
+    from systems.common.bench import http_load, run_async
+    from systems.common.http import ServerProcess
+
+    start = _day_start(tx, start_day)
+    s = base.model_copy(update={"warm_until_s": start})
+    rows = tx[tx["ts_s"] >= start].head(int(max(rates) * (duration_s + 2)) + 10)
+    cols = [rows[c].to_numpy().tolist() for c in ("tx_id", "customer_id", "terminal_id", "ts_s", "amount")]
+
+    def body(i: int) -> dict[str, Any]:
+        j = i % len(cols[0])
+        return {
+            "tx_id": cols[0][j],
+            "customer_id": cols[1][j],
+            "terminal_id": cols[2][j],
+            "ts_s": cols[3][j],
+            "amount": cols[4][j],
+        }
+
+    out: dict[str, Any] = {}
+    with ServerProcess("systems.fraud.serve:create_app", env=_settings_env(s), log_path=log) as server:
+        for rate in rates:
+            res = run_async(
+                http_load(
+                    f"{server.url}/score", rate=rate, duration_s=duration_s, method="POST", json_body=body, warmup_s=1.0
+                )
+            )
+            out[str(rate)] = {"achieved_rps": res.achieved_rps, "errors": res.errors, "latency_ms": res.latency_ms}
+    return out
+
+
+def _plot(result: dict[str, Any]) -> Any:
+    def plot(png: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        ax = axes[0]
+        table = result.get("quality_by_strategy", {})
+        labels, aps = [], []
+        for kind, rows in table.items():
+            for strat, m in rows.items():
+                labels.append(f"{kind}\n{strat}")
+                aps.append(m["ap"])
+        ax.bar(range(len(aps)), aps, color="tab:blue")
+        ax.set_xticks(range(len(aps)), labels, rotation=90, fontsize=7)
+        for name, ref in HANDBOOK_PUBLISHED.items():
+            ax.axhline(
+                ref["ap"],
+                ls="--",
+                lw=1,
+                color="tab:red" if name == "xgboost" else "tab:gray",
+                label=f"handbook {name} AP {ref['ap']}",
+            )
+        ax.set_ylabel("Average Precision (test week)")
+        ax.set_title("model x imbalance strategy")
+        ax.legend(fontsize=7)
+        ax = axes[1]
+        for key, marker in (("stream", "o"), ("api", "s")):
+            runs = result.get(key, {}).get("latency", {})
+            if not runs:
+                continue
+            rates = sorted(int(r) for r in runs if runs[r]["latency_ms"].get("p50", 0) > 0)  # saturated: no data
+            for q, ls in (("p50", "-"), ("p99", "--")):
+                ax.plot(rates, [runs[str(r)]["latency_ms"][q] for r in rates], ls, marker=marker, label=f"{key} {q}")
+        ax.set_xlabel("offered rate (tx/s)")
+        ax.set_ylabel("latency (ms)")
+        ax.set_yscale("log")
+        ax.set_title("event -> decision (stream) and POST /score (api)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+
+    return plot
+
+
+def run_bench(
+    out: Path,
+    *,
+    quick: bool = False,
+    settings: FraudSettings | None = None,
+    parts: tuple[str, ...] = ("simulator", "quality", "stream", "api", "fault"),
+) -> dict[str, Any]:
+    """Run the selected parts and write JSON + PNG; returns the result dict."""
+    from systems.common import registry
+    from systems.common.bench import write_report
+
+    base = settings or FraudSettings()
+    base.ensure_dirs()
+    base.system_dir("fraud").mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"system": "fraud", "quick": quick}
+    logs = base.system_dir("fraud") / "bench-logs"
+
+    cfg: SimulatorConfig = small() if quick else handbook()
+    sim = simulate(cfg)  # timed inside simulate()
+    ds = write_dataset(sim, base.datasets_dir / "fraud")
+    scen = sim.transactions["scenario"].value_counts().to_dict()
+    result["simulator"] = {
+        "seconds": round(sim.seconds, 2),
+        "transactions": len(sim.transactions),
+        "fraud_rate": round(sim.fraud_rate, 5),
+        "fraud_rate_by_scenario": {str(k): round(v / len(sim.transactions), 5) for k, v in sorted(scen.items()) if k},
+        "customers": cfg.n_customers,
+        "terminals": cfg.n_terminals,
+        "days": cfg.n_days,
+        "handbook": {"transactions": 1_754_155, "fraud_rate": 0.0084, "seconds": 75},
+    }
+    base = base.model_copy(update={"history_path": ds / "transactions.parquet"})
+    t0 = time.perf_counter()
+    frame = add_features(sim.transactions)
+    result["features"] = {"batch_seconds": round(time.perf_counter() - t0, 2), "n_features": len(FEATURES)}
+    split_cfg = SplitConfig() if not quick else SplitConfig(start_day=31, train_days=9, calib_days=2, test_days=7)
+
+    if "quality" in parts:
+        split = delayed_split(frame, split_cfg)
+        table = compare_strategies(split)
+        best = best_by_ap(table)
+        result["quality_by_strategy"] = table
+        result["quality"] = best
+        result["quality_protocol"] = {
+            **asdict(split_cfg),
+            "fit_rows": len(split.fit),
+            "test_rows": len(split.test),
+            "test_frauds": int(split.test["fraud"].sum()),
+        }
+        result["handbook_published"] = HANDBOOK_PUBLISHED
+
+    registry.configure(base)
+    start_day = 45 if quick else STREAM_START_DAY
+    _, version, metrics = train_champion(base, frame, split_cfg)
+    result["champion"] = {"version": version, "kind": "xgboost", "strategy": "none", "ap": metrics["ap"]}
+    tx = sim.transactions
+
+    broker = LocalBroker(free_port(), log_path=logs / "tansu.log")
+    broker.start()
+    try:
+        bset = base.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        if "stream" in parts:
+            n_tx = 20_000 if quick else 150_000
+            thr = [
+                bench_stream_throughput(bset, tx, start_day=start_day, n_scorers=k, n_tx=n_tx, log=logs / f"thr{k}.log")
+                for k in (1, 2)
+            ]
+            rates = [500, 1000] if quick else [500, 2000, 5000]
+            lat = bench_stream_latency(
+                bset, tx, start_day=start_day, rates=rates, duration_s=5 if quick else 15, log=logs / "lat.log"
+            )
+            result["stream"] = {
+                "throughput_tps": max(t["throughput_tps"] for t in thr),
+                "throughput": {f"{t['scorers']}_scorers": t for t in thr},
+                "latency": lat,
+                **{r: {"latency_ms": v["latency_ms"]} for r, v in lat.items()},
+            }
+        if "fault" in parts:
+            n_fault = 10_000 if quick else 60_000
+            result["fault"] = bench_fault(
+                bset, tx, start_day=start_day, n_tx=n_fault, kill_after=n_fault // 4, log=logs / "fault.log"
+            )
+    finally:
+        broker.stop()
+    if "api" in parts:
+        rates = [200] if quick else [250, 500, 1000]
+        api = bench_api(base, tx, start_day=start_day, rates=rates, duration_s=5 if quick else 15, log=logs / "api.log")
+        result["api"] = {"latency": api, **{r: {"latency_ms": v["latency_ms"]} for r, v in api.items()}}
+    write_report(result, out, plot=_plot(result))
+    return result

@@ -1,0 +1,329 @@
+"""``mlsd fraud``: simulate | train | up | replay | retrain | bench | demo.
+
+mlsd fraud simulate                       # handbook dataset -> .mlsd/datasets/fraud/*.parquet (~1 s)
+mlsd fraud train --compare                # model x imbalance table; registers the champion in MLflow
+mlsd broker up && mlsd fraud up --scorers 2 --api   # scorers + label sink (+ API) until Ctrl-C
+mlsd fraud replay --rate 2000 --days 1    # transactions and their late labels into Kafka
+mlsd fraud retrain --if-ap-below 0.6      # retrain on matured labels, gate, move `champion`
+mlsd fraud bench --out .mlsd/bench/fraud.json
+mlsd fraud demo                           # all of it, small, in about a minute
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, help="Card-fraud detection: simulator, features, models, streaming scorer.")
+console = Console()
+
+
+def _settings():
+    from systems.fraud.settings import FraudSettings
+
+    s = FraudSettings()
+    s.ensure_dirs()
+    s.system_dir("fraud").mkdir(parents=True, exist_ok=True)
+    return s
+
+
+def _load_or_simulate(settings, preset: str = "handbook"):
+    import pandas as pd
+
+    from systems.fraud.data import handbook, simulate, small, write_dataset
+
+    path = settings.history
+    if path.exists():
+        return pd.read_parquet(path)
+    console.print(f"no dataset at {path}: simulating the {preset} preset")
+    sim = simulate(handbook() if preset == "handbook" else small())
+    write_dataset(sim, path.parent)
+    return sim.transactions
+
+
+def _quality_table(table: dict, title: str) -> Table:
+    t = Table(title=title)
+    for col in ("model", "strategy", "AUC", "AP", "CP@100", "prec@budget", "recall@budget", "fit s"):
+        t.add_column(col)
+    for kind, rows in table.items():
+        for strat, m in rows.items():
+            t.add_row(
+                kind,
+                strat,
+                f"{m['auc']:.3f}",
+                f"{m['ap']:.3f}",
+                f"{m['cp@100']:.3f}",
+                f"{m['precision@budget']:.3f}",
+                f"{m['recall@budget']:.3f}",
+                f"{m['fit_s']:.1f}",
+            )
+    return t
+
+
+@app.command()
+def simulate(
+    preset: Annotated[str, typer.Option(help="handbook (5k customers, 183 days) or small")] = "handbook",
+    seed: Annotated[int, typer.Option()] = 0,
+    out: Annotated[Path | None, typer.Option(help="output dir (default <data_dir>/datasets/fraud)")] = None,
+) -> None:
+    """Run the Handbook transaction simulator and write parquet."""
+    from dataclasses import replace
+
+    from systems.fraud.data import handbook, simulate, small, write_dataset
+
+    settings = _settings()
+    cfg = replace(handbook() if preset == "handbook" else small(), seed=seed)
+    sim = simulate(cfg)
+    path = write_dataset(sim, out or settings.history.parent)
+    scen = sim.transactions["scenario"].value_counts().sort_index().to_dict()
+    console.print(
+        f"{len(sim.transactions):,} transactions, fraud {sim.fraud_rate:.3%} "
+        f"(by scenario {scen}) in {sim.seconds:.2f} s -> {path}"
+    )
+
+
+@app.command()
+def train(
+    kind: Annotated[str, typer.Option(help="logreg | xgboost | mlp")] = "xgboost",
+    strategy: Annotated[str, typer.Option(help="none | class_weight | undersample | smote | focal")] = "none",
+    compare: Annotated[bool, typer.Option(help="also print the model x strategy table")] = False,
+) -> None:
+    """Train on the handbook protocol, register in MLflow and point `champion` at it."""
+    from systems.fraud.train import (
+        HANDBOOK_PUBLISHED,
+        SplitConfig,
+        add_features,
+        compare_strategies,
+        delayed_split,
+        train_champion,
+    )
+
+    settings = _settings()
+    frame = add_features(_load_or_simulate(settings))
+    if compare:
+        table = compare_strategies(delayed_split(frame, SplitConfig()))
+        console.print(_quality_table(table, "test week (handbook periods)"))
+        console.print(f"handbook published: {HANDBOOK_PUBLISHED}")
+    _, version, m = train_champion(settings, frame, SplitConfig(), kind=kind, strategy=strategy)
+    console.print(
+        f"[green]✓[/] {settings.model_name} v{version} is champion: AUC {m['auc']:.3f} AP {m['ap']:.3f} "
+        f"CP@100 {m['cp@100']:.3f}; threshold for 0.1 % FPR, test FPR {m['fpr@threshold']:.4f}"
+    )
+
+
+@app.command()
+def up(
+    scorers: Annotated[int, typer.Option(help="scorer processes in the consumer group")] = 1,
+    api: Annotated[bool, typer.Option(help="also serve POST /score")] = False,
+    scorer_only: Annotated[bool, typer.Option(help="run one scorer in this process (compose)")] = False,
+    label_sink: Annotated[bool, typer.Option(help="also consume labels into the label store")] = True,
+) -> None:
+    """Run the streaming side: scorer(s), the label sink and optionally the API, until Ctrl-C."""
+    import subprocess
+    import sys
+
+    from systems.fraud.stream import main as stream_main
+
+    settings = _settings()
+    history = settings.history if settings.history.exists() else None
+    if scorer_only:
+        stream_main([] if history is None else ["--history", str(history)])
+        return
+    from systems.fraud.feedback import run_label_sink
+
+    cmd = [sys.executable, "-m", "systems.fraud.stream"] + ([] if history is None else ["--history", str(history)])
+    procs = [subprocess.Popen(cmd) for _ in range(scorers)]
+    if api:
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "systems.fraud.serve:create_app",
+                    "--host",
+                    settings.host,
+                    "--port",
+                    str(settings.api_port),
+                ]
+            )
+        )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    sink = threading.Thread(target=run_label_sink, args=(settings, stop), daemon=True) if label_sink else None
+    if sink is not None:
+        sink.start()
+    console.print(
+        f"{scorers} scorer(s){' + API' if api else ''}{' + label sink' if sink else ''} running; Ctrl-C stops"
+    )
+    try:
+        while not stop.is_set() and all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(30)
+
+
+@app.command()
+def replay(
+    rate: Annotated[float, typer.Option(help="transactions per second (0 = as fast as possible)")] = 1000.0,
+    start_day: Annotated[int | None, typer.Option(help="simulation day to start from (default: settings)")] = None,
+    days: Annotated[float, typer.Option(help="simulated days to send")] = 1.0,
+) -> None:
+    """Play simulated transactions (and their late labels) into Kafka at a fixed rate."""
+    from systems.common.broker import create_topics, make_producer
+    from systems.fraud.replay import day_start_s
+    from systems.fraud.replay import replay as do_replay
+    from systems.fraud.stream import fraud_topics
+
+    settings = _settings()
+    tx = _load_or_simulate(settings)
+    create_topics(settings, fraud_topics(settings))
+    start = day_start_s(tx, settings.replay_start_day if start_day is None else start_day)
+    res = do_replay(settings, make_producer(settings), tx, start_s=start, end_s=start + int(days * 86_400), rate=rate)
+    console.print(
+        f"sent {res.transactions:,} transactions + {res.labels:,} labels in {res.seconds:.1f} s ({res.rate:,.0f} tx/s)"
+    )
+
+
+@app.command()
+def retrain(
+    if_ap_below: Annotated[float | None, typer.Option(help="only retrain if recent served AP is below this")] = None,
+    kind: Annotated[str, typer.Option()] = "xgboost",
+    train_days: Annotated[int, typer.Option()] = 7,
+    eval_days: Annotated[int, typer.Option()] = 2,
+) -> None:
+    """Train on matured labels; promote to `champion` only if it beats it on the same recent window."""
+    from systems.fraud.feedback import recent_ap
+    from systems.fraud.feedback import retrain as do_retrain
+
+    settings = _settings()
+    if if_ap_below is not None:
+        ap = recent_ap(settings)
+        if ap is not None and ap >= if_ap_below:
+            console.print(f"recent AP {ap:.3f} >= {if_ap_below}: no retrain")
+            return
+        console.print(f"recent AP {ap} < {if_ap_below}: retraining")
+    res = do_retrain(settings, kind=kind, train_days=train_days, eval_days=eval_days)
+    verdict = "[green]promoted[/]" if res.promoted else "[yellow]kept the champion[/]"
+    console.print(
+        f"candidate v{res.candidate_version} AP {res.candidate_ap:.3f} vs champion "
+        f"v{res.champion_version} AP {res.champion_ap}: {verdict}"
+    )
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="JSON report (a PNG is written beside it)")] = Path(
+        ".mlsd/bench/fraud.json"
+    ),
+    quick: Annotated[bool, typer.Option(help="small smoke run, not numbers to publish")] = False,
+) -> None:
+    """Simulator, quality table, streaming throughput/latency, /score latency, fault run."""
+    import json
+
+    from systems.fraud.bench import run_bench
+
+    result = run_bench(out, quick=quick)
+    keys = ("simulator", "quality", "stream", "api", "fault")
+    console.print_json(json.dumps({k: result.get(k) for k in keys}, default=str))
+    console.print(f"[green]✓[/] wrote {out} and {out.with_suffix('.png')}")
+
+
+def demo(
+    days: Annotated[int, typer.Option(help="simulated days to stream through the scorer")] = 1,
+) -> None:
+    """Small end to end: simulate, train + register, start a broker and a scorer, stream a day, show decisions."""
+    import tempfile
+    import threading as th
+
+    from systems.common.broker import LocalBroker, create_topics, make_producer
+    from systems.common.proc import free_port
+    from systems.fraud.data import simulate as run_sim
+    from systems.fraud.data import small, write_dataset
+    from systems.fraud.replay import day_start_s
+    from systems.fraud.replay import replay as do_replay
+    from systems.fraud.settings import FraudSettings
+    from systems.fraud.store import DecisionStore
+    from systems.fraud.stream import decision_store_url, fraud_topics, run_scorer
+    from systems.fraud.train import SplitConfig, add_features, train_champion
+
+    base = FraudSettings()
+    work = Path(tempfile.mkdtemp(prefix="fraud-demo-", dir=base.data_dir if base.data_dir.exists() else None))
+    sim = run_sim(small())
+    ds = write_dataset(sim, work / "datasets" / "fraud")
+    console.print(
+        f"simulated {len(sim.transactions):,} transactions ({sim.fraud_rate:.2%} fraud) in {sim.seconds:.2f} s"
+    )
+    with LocalBroker(free_port(), log_path=work / "tansu.log") as broker:
+        settings = FraudSettings(
+            data_dir=work, kafka_bootstrap=broker.bootstrap, history_path=ds / "transactions.parquet"
+        )
+        settings.ensure_dirs()
+        settings.system_dir("fraud").mkdir(parents=True, exist_ok=True)
+        _, version, m = train_champion(
+            settings,
+            add_features(sim.transactions),
+            SplitConfig(start_day=31, train_days=9, calib_days=2, test_days=7),
+            fit_params={"xgb_params": {"n_estimators": 150, "learning_rate": 0.1}},
+        )
+        console.print(f"champion v{version}: AUC {m['auc']:.3f} AP {m['ap']:.3f} CP@100 {m['cp@100']:.3f}")
+        create_topics(settings, fraud_topics(settings))
+        start = day_start_s(sim.transactions, 50)
+        stop, ready = th.Event(), th.Event()
+        thread = th.Thread(
+            target=run_scorer,
+            kwargs={
+                "settings": settings,
+                "history": settings.history,
+                "warm_until_s": start,
+                "stop": stop,
+                "on_ready": lambda _: ready.set(),
+            },
+            daemon=True,
+        )
+        thread.start()
+        ready.wait(120)
+        time.sleep(4.0)  # the consumer-group join takes ~3 s on tansu; events sent earlier would wait for it
+        producer = make_producer(settings)
+        res = do_replay(settings, producer, sim.transactions, start_s=start, end_s=start + days * 86_400, rate=2000)
+        store = DecisionStore(decision_store_url(settings))
+        deadline = time.monotonic() + 60
+        while store.count()[0] < res.transactions and time.monotonic() < deadline:
+            time.sleep(0.2)
+        df = store.frame()
+        truth = sim.transactions.set_index("tx_id").loc[df["tx_id"], "fraud"].to_numpy()
+        blocked = (df["decision"] == "block").to_numpy()
+        t = Table(title=f"{len(df):,} of {res.transactions:,} transactions decided through Kafka")
+        for col in ("blocked", "of which fraud", "frauds caught", "p50 ms", "p99 ms"):
+            t.add_column(col)
+        lat = df["latency_ms"].dropna()
+        t.add_row(
+            str(int(blocked.sum())),
+            str(int(truth[blocked].sum())),
+            f"{int(truth[blocked].sum())}/{int(truth.sum())}",
+            f"{lat.quantile(0.5):.1f}",
+            f"{lat.quantile(0.99):.1f}",
+        )
+        console.print(t)
+        stop.set()
+        thread.join(15)
+        store.close()
+        producer.close()
+
+
+app.command("demo")(demo)

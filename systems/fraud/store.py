@@ -1,0 +1,203 @@
+"""Decision and label stores: idempotent writes keyed by transaction id.
+
+sqlite by default (one file under the data dir, WAL mode), Postgres when the URL says ``postgresql://``
+(compose). Idempotence is the store's job: at-least-once delivery re-sends a batch after a crash,
+and ``INSERT OR IGNORE`` / ``ON CONFLICT DO NOTHING`` on the primary key turns the re-send into a
+no-op, so every transaction keeps exactly one decision (the first one written).
+
+Each decision row also keeps the feature vector the model saw (float64 bytes), so retraining learns
+from exactly the features served (no training/serving skew) once the label has matured.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+_DECISIONS_DDL = """
+CREATE TABLE IF NOT EXISTS decisions (
+    tx_id BIGINT PRIMARY KEY,
+    customer_id BIGINT NOT NULL,
+    terminal_id BIGINT NOT NULL,
+    ts_s BIGINT NOT NULL,
+    amount DOUBLE PRECISION NOT NULL,
+    score DOUBLE PRECISION NOT NULL,
+    decision TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    latency_ms DOUBLE PRECISION,
+    decided_ms BIGINT NOT NULL,
+    features BYTEA
+)"""
+
+_LABELS_DDL = """
+CREATE TABLE IF NOT EXISTS labels (
+    tx_id BIGINT PRIMARY KEY,
+    customer_id BIGINT NOT NULL,
+    terminal_id BIGINT NOT NULL,
+    ts_s BIGINT NOT NULL,
+    fraud INTEGER NOT NULL,
+    label_ts_s BIGINT NOT NULL
+)"""
+
+DecisionRow = tuple[int, int, int, int, float, float, str, str, float | None, int, bytes]
+LabelRow = tuple[int, int, int, int, int, int]
+
+
+class _Sql:
+    """A thin connection wrapper hiding the sqlite / Postgres differences we need."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.pg = url.startswith(("postgresql://", "postgres://"))
+        self.conn: Any
+        if self.pg:
+            import psycopg2
+
+            self.conn = psycopg2.connect(url)
+            self.ph = "%s"
+        else:
+            path = Path(url.removeprefix("sqlite:///"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # autocommit mode; we open explicit transactions per batch
+            self.conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")  # readers do not block the scorer's writes
+            self.conn.execute("PRAGMA synchronous=NORMAL")  # durable at each checkpoint, fsync-light
+            self.ph = "?"
+
+    def ddl(self, sql: str) -> None:
+        sql = sql if self.pg else sql.replace("BYTEA", "BLOB").replace("DOUBLE PRECISION", "REAL")
+        if self.pg:
+            with self.conn, self.conn.cursor() as cur:
+                cur.execute(sql)
+        else:
+            self.conn.execute(sql)
+
+    def insert_ignore(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
+        """Insert rows, skipping existing primary keys, in one transaction; returns rows inserted."""
+        if not rows:
+            return 0
+        cols = ", ".join(columns)
+        marks = ", ".join([self.ph] * len(columns))
+        if self.pg:
+            sql = f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING"
+            with self.conn, self.conn.cursor() as cur:
+                cur.executemany(sql, rows)
+                return int(cur.rowcount)
+        before = self.conn.total_changes
+        self.conn.execute("BEGIN")
+        try:
+            self.conn.executemany(f"INSERT OR IGNORE INTO {table} ({cols}) VALUES ({marks})", rows)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return int(self.conn.total_changes - before)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        sql = sql.replace("?", self.ph)
+        if self.pg:
+            with self.conn, self.conn.cursor() as cur:
+                cur.execute(sql, params)
+                return list(cur.fetchall())
+        return list(self.conn.execute(sql, params).fetchall())
+
+    def frame(self, sql: str, params: Sequence[Any] = ()) -> pd.DataFrame:
+        return pd.read_sql_query(sql.replace("?", self.ph), self.conn, params=list(params))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+DECISION_COLUMNS = (
+    "tx_id",
+    "customer_id",
+    "terminal_id",
+    "ts_s",
+    "amount",
+    "score",
+    "decision",
+    "model_version",
+    "latency_ms",
+    "decided_ms",
+    "features",
+)
+LABEL_COLUMNS = ("tx_id", "customer_id", "terminal_id", "ts_s", "fraud", "label_ts_s")
+
+
+class DecisionStore:
+    """One row per transaction id; writes are idempotent."""
+
+    def __init__(self, url: str) -> None:
+        self._db = _Sql(url)
+        self._db.ddl(_DECISIONS_DDL)
+
+    def put_many(self, rows: Sequence[DecisionRow]) -> int:
+        """Store a batch in one transaction (INSERT OR IGNORE by tx_id); returns rows newly stored."""
+        return self._db.insert_ignore("decisions", DECISION_COLUMNS, rows)
+
+    def count(self) -> tuple[int, int]:
+        """(rows, distinct tx ids): equal by construction, checked by the fault test anyway."""
+        r = self._db.query("SELECT COUNT(*), COUNT(DISTINCT tx_id) FROM decisions")[0]
+        return int(r[0]), int(r[1])
+
+    def get(self, tx_id: int) -> dict[str, Any] | None:
+        rows = self._db.query(f"SELECT {', '.join(DECISION_COLUMNS[:-1])} FROM decisions WHERE tx_id = ?", (tx_id,))
+        return dict(zip(DECISION_COLUMNS[:-1], rows[0], strict=True)) if rows else None
+
+    def frame(self, *, with_features: bool = False, since_ts_s: int | None = None) -> pd.DataFrame:
+        cols = DECISION_COLUMNS if with_features else DECISION_COLUMNS[:-1]
+        sql = f"SELECT {', '.join(cols)} FROM decisions"
+        params: tuple[Any, ...] = ()
+        if since_ts_s is not None:
+            sql += " WHERE ts_s >= ?"
+            params = (since_ts_s,)
+        return self._db.frame(sql, params)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def features_matrix(blobs: Sequence[bytes], n_features: int) -> np.ndarray:
+    """Stack stored float64 feature blobs into (N, F)."""
+    return np.frombuffer(b"".join(blobs), dtype=np.float64).reshape(-1, n_features)
+
+
+class LabelStore:
+    """Matured labels keyed by tx id (a re-delivered label is a no-op)."""
+
+    def __init__(self, url: str) -> None:
+        self._db = _Sql(url)
+        self._db.ddl(_LABELS_DDL)
+
+    def put_many(self, rows: Sequence[LabelRow]) -> int:
+        return self._db.insert_ignore("labels", LABEL_COLUMNS, rows)
+
+    def count(self) -> int:
+        return int(self._db.query("SELECT COUNT(*) FROM labels")[0][0])
+
+    def matured_with_decisions(self, decisions_url: str, *, as_of_s: int) -> pd.DataFrame:
+        """Labels known at ``as_of_s`` joined to the served features (sqlite stores in two files)."""
+        if self._db.pg:
+            return self._db.frame(
+                "SELECT d.*, l.fraud, l.label_ts_s FROM decisions d JOIN labels l USING (tx_id)"
+                " WHERE l.label_ts_s <= ?",
+                (as_of_s,),
+            )
+        path = decisions_url.removeprefix("sqlite:///")
+        self._db.conn.execute("ATTACH DATABASE ? AS dec", (path,))
+        try:
+            return self._db.frame(
+                "SELECT d.*, l.fraud, l.label_ts_s FROM dec.decisions d JOIN labels l ON d.tx_id = l.tx_id"
+                " WHERE l.label_ts_s <= ?",
+                (as_of_s,),
+            )
+        finally:
+            self._db.conn.execute("DETACH DATABASE dec")
+
+    def close(self) -> None:
+        self._db.close()
