@@ -315,9 +315,13 @@ def create_raw_asgi_app() -> Callable[..., Awaitable[None]]:
     return app
 
 
-def ceiling(runs: Sequence[LoadResult], *, min_ratio: float = 0.95) -> LoadResult:
-    """The highest offered rate that was actually served (achieved ≥ 95 % of offered, no errors)."""
-    served = [r for r in runs if r.achieved_rps >= min_ratio * r.offered_rps and r.errors == 0]
+def ceiling(runs: Sequence[LoadResult], *, min_ratio: float = 0.95, max_p99_ms: float = 50.0) -> LoadResult:
+    """The highest offered rate served well: achieved ≥ 95 % of offered, no errors, p99 ≤ ``max_p99_ms``."""
+    served = [
+        r
+        for r in runs
+        if r.achieved_rps >= min_ratio * r.offered_rps and r.errors == 0 and r.latency_ms["p99"] <= max_p99_ms
+    ]
     return max(served, key=lambda r: r.offered_rps) if served else min(runs, key=lambda r: r.offered_rps)
 
 
@@ -352,6 +356,7 @@ def selftest(
         "what": "open-loop GET /noop on systems.common.http.create_app (uvicorn, 1 worker) vs a bare ASGI app",
         **top.to_dict(),
         "ceiling_rps": top.offered_rps,
+        "ceiling_rule": "highest offered rate with achieved >= 95% of offered, 0 errors and p99 <= 50 ms",
         "runs": [r.to_dict() for r in system],
         "baseline": {
             "name": "bare ASGI app (no framework)",

@@ -57,5 +57,6 @@ def test_ceiling_and_median() -> None:
         LoadResult(400, 250, 1, 250, 3, {"p50": 90, "p95": 200, "p99": 300}),
     ]
     assert ceiling(runs).offered_rps == 200
+    assert ceiling(runs, max_p99_ms=3.5).offered_rps == 100  # 200 rps was served, but with p99 over the bound
     med = median_result([runs[0], runs[0], runs[1]])
     assert med.latency_ms["p99"] == 3 and med.achieved_rps == 100
