@@ -29,10 +29,16 @@ Approach
 2. ``MultiHeadAttention`` holds four ``nn.Linear`` layers (q, k, v, out) and does
    the split / merge of heads around (1). ``key_padding_mask`` follows
    ``nn.MultiheadAttention`` (True = padding, ignore this key).
+3. ``MultiHeadAttention(..., fused=True)`` keeps the projections and the mask
+   semantics but hands step (1) to ``F.scaled_dot_product_attention`` (a fused,
+   flash-style kernel that never materialises the (B, H, T, S) matrix) whenever
+   the mask is boolean or absent; an additive float mask falls back to (1). The
+   explicit path stays the default: it is the answer to the question.
 
 Verified in ``tests/unit/blocks/test_blocks_attention.py``: with weights copied
 from ``nn.MultiheadAttention`` outputs and gradients match to 1e-5 (fp32) with
-and without masks, and match ``F.scaled_dot_product_attention``.
+and without masks, and match ``F.scaled_dot_product_attention``; ``fused=True``
+matches the explicit path to 1e-5 (outputs and gradients, every mask kind).
 
 Used by: ``systems.recsys`` (attention over a user's recent items) and the
 ``systems.distributed_training`` language model.
@@ -128,15 +134,56 @@ def _attend(
     return weights @ v, (dead if has_dead else None)  # (B, H, T, S) @ (B, H, S, Dv) -> (B, H, T, Dv)
 
 
+def _attend_fused(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    attn_mask: Tensor | None,
+    is_causal: bool,
+    dropout_p: float,
+) -> tuple[Tensor, Tensor | None]:
+    """``_attend`` through ``F.scaled_dot_product_attention``, for a boolean mask (True = may attend) or none.
+
+    Same contract as the explicit path: a query row with no key gets zeros in the forward and finite
+    (zero) gradients in the backward, whatever the kernel does with all-False rows (some backends give
+    NaN). Returns the output (B, H, T, Dv) and the dead rows, broadcastable to (B, H, T, 1), or None.
+    """
+    if attn_mask is None:
+        # Pure causal (or no mask): the kernel builds the mask itself, nothing of size T x S exists.
+        # Top-left aligned causal rows always keep key 0, so no row can be dead.
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, dropout_p=dropout_p), None
+    if attn_mask.dtype != torch.bool:
+        raise ValueError("the fused path takes a boolean mask; an additive float mask uses the explicit path")
+    while attn_mask.dim() < 4:
+        attn_mask = attn_mask.unsqueeze(0)  # (T, S) -> (1, 1, T, S) etc.: dead rows keep 4 dims
+    if is_causal:
+        # torch's function refuses is_causal together with attn_mask: fold the causal mask in.
+        attn_mask = attn_mask & causal_mask(q.size(-2), k.size(-2), device=q.device)
+    dead = ~attn_mask.any(dim=-1, keepdim=True)  # (B|1, H|1, T|1, 1), bool: 1/4 of one fp32 score matrix at most
+    has_dead = bool(dead.any())  # a host sync, as in the explicit path
+    if has_dead:
+        attn_mask = attn_mask | dead  # let dead rows attend everywhere (finite numbers) ...
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    if has_dead:
+        out = out.masked_fill(dead, 0.0)  # ... then zero them: zero output and zero gradient
+    return out, (dead if has_dead else None)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention, batch first: ``(B, T, E) -> (B, T, E)``.
 
     Each head attends in its own D = E / H dimensional subspace, so the model can
     look at different positions for different reasons at the cost of one big
     attention (same FLOPs as single-head attention of width E).
+
+    ``fused=True`` computes the attention itself with ``F.scaled_dot_product_attention`` (O(T) extra
+    memory instead of O(T·S); same masks, same zero rows) unless an additive float mask is given.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True) -> None:
+    def __init__(
+        self, embed_dim: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True, fused: bool = False
+    ) -> None:
         super().__init__()
         if embed_dim % num_heads != 0:
             raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
@@ -144,6 +191,7 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = embed_dim // num_heads
         self.dropout = dropout
+        self.fused = fused  # F.scaled_dot_product_attention for boolean / no masks; explicit otherwise
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.k_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.v_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
@@ -201,15 +249,12 @@ class MultiHeadAttention(nn.Module):
             else:  # additive float mask: where() broadcasts both ways, masked_fill would not
                 mask = torch.where(keep, mask, torch.tensor(float("-inf"), dtype=mask.dtype, device=mask.device))
 
-        out, dead = _attend(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-            scale=None,
-        )  # (B, H, T, D)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.fused and (mask is None or mask.dtype == torch.bool):
+            out, dead = _attend_fused(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)
+        else:
+            out, dead = _attend(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p, scale=None)
+        # out: (B, H, T, D)
         y = self.out_proj(self._merge_heads(out))  # (B, T, E)
         if dead is not None:
             # Nothing to attend to in every head: "no information" is a zero vector.

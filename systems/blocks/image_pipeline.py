@@ -39,7 +39,7 @@ ranges, normalised mean ~0 / std ~1 on the training split, deterministic
 shuffles, no train/validation overlap).
 
 Used by: the image-classification workload of distributed training
-(``systems.distributed_training``; see the README for which issue wires it in).
+(``systems/distributed_training/image_workload.py``: DDP over ``make_dataloader(..., rank=, world_size=)``).
 """
 
 from __future__ import annotations
@@ -241,6 +241,7 @@ def make_dataloader(
     drop_last: bool | None = None,
     rank: int = 0,
     world_size: int = 1,
+    distributed: bool | None = None,
 ) -> DataLoader[tuple[Tensor, int]]:
     """A DataLoader over the train (or validation) split of the images under ``root``.
 
@@ -250,6 +251,10 @@ def make_dataloader(
     memory buys nothing and torch warns about it. With ``world_size > 1`` each rank
     gets a disjoint shard through a ``DistributedSampler`` (call
     ``loader.sampler.set_epoch(e)`` each epoch for a new order, as with any DDP loader).
+    ``distributed=True`` uses that sampler even for ``world_size == 1``: a 1-rank DDP run then
+    draws the same permutation as an N-rank run (rank r takes ``perm[r::N]``), so the global
+    batches, and the losses, do not depend on N. Training shards drop the tail instead of padding
+    it with repeated images (``drop_last``), so no image counts twice in an epoch.
     """
     train_s, val_s = split_samples(list_images(root), val_fraction=val_fraction, seed=split_seed)
     if mean is None or std is None:
@@ -262,8 +267,9 @@ def make_dataloader(
     order_gen = torch.Generator().manual_seed(seed)
     worker_gen = torch.Generator().manual_seed(seed + 1)
     sampler: Sampler[int]
-    if world_size > 1:
-        sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=train, seed=seed)
+    drop = train if drop_last is None else drop_last  # steady shapes when training
+    if world_size > 1 or distributed:
+        sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=drop)
     elif train:
         sampler = RandomSampler(ds, generator=order_gen)
     else:
@@ -280,7 +286,7 @@ def make_dataloader(
         sampler=sampler,
         num_workers=num_workers,
         pin_memory=pin_memory,
-        drop_last=train if drop_last is None else drop_last,  # steady shapes when training
+        drop_last=drop,
         generator=worker_gen,
         worker_init_fn=_seed_worker,
         **kwargs,

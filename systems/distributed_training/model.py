@@ -2,7 +2,8 @@
 
 The model is plain ``nn.Module`` code that imports cleanly on CPU; all distributed machinery
 (DDP, checkpoints, launchers) lives in ``train.py``. Attention is the shared
-``systems.blocks.attention.MultiHeadAttention`` (causal self-attention via ``is_causal=True``).
+``systems.blocks.attention.MultiHeadAttention`` (causal self-attention via ``is_causal=True``);
+``fused_attention=True`` (the ``gpu_124m`` preset) dispatches it to ``F.scaled_dot_product_attention``.
 
 Presets are functions (``cpu_debug()``, ``cpu_small()``, ``gpu_124m()``) returning a ``ModelConfig``.
 """
@@ -29,6 +30,7 @@ class ModelConfig:
     n_head: int = 2  # attention heads per block
     n_embd: int = 64  # model width E (must be divisible by n_head)
     dropout: float = 0.0  # 0 keeps 1-vs-N-process runs bit-comparable (no RNG in the forward)
+    fused_attention: bool = False  # F.scaled_dot_product_attention instead of the explicit (B,H,T,T) matrix
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head != 0:
@@ -54,8 +56,9 @@ def model_cpu_small() -> ModelConfig:
 
 def model_gpu_124m() -> ModelConfig:
     """GPT-2 small shapes (12 x 768, 12 heads, T=1024). With the 50,304-row embedding of a
-    GPT-2-sized (padded) vocabulary this is 124 M parameters; our byte tokenizer uses the first 256 rows."""
-    return ModelConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+    GPT-2-sized (padded) vocabulary this is 124 M parameters; our byte tokenizer uses the first 256 rows.
+    Fused attention: at T = 1024 the explicit (B, H, T, T) scores would cost ~9 GB of activations per GPU."""
+    return ModelConfig(vocab_size=50304, block_size=1024, n_layer=12, n_head=12, n_embd=768, fused_attention=True)
 
 
 MODEL_PRESETS = {
@@ -71,7 +74,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd)
-        self.attn = MultiHeadAttention(cfg.n_embd, cfg.n_head, dropout=cfg.dropout)
+        self.attn = MultiHeadAttention(cfg.n_embd, cfg.n_head, dropout=cfg.dropout, fused=cfg.fused_attention)
         self.ln_2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = nn.Sequential(
             nn.Linear(cfg.n_embd, 4 * cfg.n_embd),

@@ -6,7 +6,12 @@ Ray starts the workers and the gloo/NCCL process group; each worker calls ``run_
 Every checkpoint the loop writes is reported with ``ray.train.report(..., checkpoint=...)`` (rank 0 passes
 the folder, the others ``None``: report is a barrier that all ranks must reach). With
 ``FailureConfig(max_failures=1)`` a dead worker makes Ray restart the whole group, and the new workers
-resume from ``ray.train.get_checkpoint()``, i.e. the last reported checkpoint.
+resume from the newest complete checkpoint: ``ray.train.get_checkpoint()`` (the last report the controller
+*registered*) or, when every rank sees a newer one in the shared run dir, that one (see ``_resume_source``).
+
+Threads: each worker runs ``torch.set_num_threads(threads)`` (default 1, what torchrun's
+``OMP_NUM_THREADS=1`` gives every rank), so the Ray-vs-torchrun comparison runs the same arithmetic on the
+same number of threads; the ``start`` record of ``metrics.jsonl`` logs the count on both sides.
 
 Ray's own costs (cluster start, actor creation, process-group set-up) are start-up, reported apart from the
 steady-state step time (median over steps, from the same ``metrics.jsonl`` torchrun runs write).
@@ -14,6 +19,7 @@ steady-state step time (median over steps, from the same ``metrics.jsonl`` torch
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import statistics
@@ -38,6 +44,7 @@ class RayRunReport:
     restarts: int
     recovery_s: float | None  # kill -> first finished step after the restart (when fail_at_step was set)
     steps_lost: int | None
+    resume: dict[str, Any] | None = None  # on a restart: Ray's registered step, the step resumed, from where
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,9 +53,12 @@ class RayRunReport:
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker. Imports here: the worker process is fresh."""
     import ray.train
+    import torch
 
     from systems.distributed_training.train import get_preset, init_distributed, run_training
 
+    if config.get("threads") is not None:
+        torch.set_num_threads(int(config["threads"]))  # as torchrun ranks (OMP_NUM_THREADS=1)
     cfg = get_preset(config["preset"], **config["overrides"])
     run_dir = Path(config["run_dir"])
     ctx = init_distributed()  # Ray already created the process group: this only reads rank / world
@@ -62,12 +72,34 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def on_checkpoint(step: int, path: Path | None, metrics: dict[str, float]) -> None:
-        ckpt = ray.train.Checkpoint.from_directory(str(path)) if path is not None else None
+        ckpt = None
+        if path is not None:
+            ckpt = ray.train.Checkpoint.from_directory(str(path))
+            ckpt.set_metadata({"step": step})  # read back on restore without loading the weights
         ray.train.report({"step": step, **metrics}, checkpoint=ckpt)
 
     tokens = Path(config["tokens"])
     checkpoint = ray.train.get_checkpoint()
+    # only on a restore: a fresh fit() never picks up checkpoints a previous run left in the run dir
+    local = None
     if checkpoint is not None:
+        ray_step = int(checkpoint.get_metadata().get("step", 0))
+        local = _resume_source(run_dir, ray_step)
+        if ctx.is_main:  # which copy the restart used, for the report
+            source = {"ray_registered_step": ray_step, "resumed_from": "run_dir" if local else "ray"}
+            source["resumed_step"] = int(local.name.removeprefix("step_")) if local else ray_step
+            (run_dir / "resume_source.json").write_text(json.dumps(source))
+    if local is not None:
+        run_training(
+            cfg,
+            tokens_path=tokens,
+            run_dir=run_dir,
+            ctx=ctx,
+            resume_from=local,
+            on_step=on_step,
+            on_checkpoint=on_checkpoint,
+        )
+    elif checkpoint is not None:
         with checkpoint.as_directory() as d:
             run_training(
                 cfg,
@@ -82,6 +114,31 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         run_training(cfg, tokens_path=tokens, run_dir=run_dir, ctx=ctx, on_step=on_step, on_checkpoint=on_checkpoint)
 
 
+def _resume_source(run_dir: Path, ray_step: int) -> Path | None:
+    """The run dir's newest complete checkpoint if *every* rank sees it and it is newer than Ray's; else None.
+
+    Why: ``ray.train.report`` returns once the checkpoint is uploaded, but the controller registers it
+    asynchronously; a worker killed in between is restored from the previous registered report (we lost
+    16 steps with a 10-step interval that way). Our loop writes the same checkpoint atomically into the run
+    dir *before* reporting it, so on storage every rank shares, that copy is never older. The ranks agree
+    through an all-reduce (MIN and MAX of the step each sees), so a run dir that is not shared (a node with
+    its own local disk) falls back to Ray's registered checkpoint on every rank, never to a mix.
+    """
+    import torch
+    import torch.distributed as dist
+
+    from systems.distributed_training import checkpoint as ckpt
+
+    path = ckpt.latest_checkpoint(run_dir / "checkpoints")
+    step = int(path.name.removeprefix("step_")) if path is not None else -1
+    seen = torch.tensor([step, -step], dtype=torch.int64)  # MIN of both = (min step, -max step)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(seen, op=dist.ReduceOp.MIN)
+    lo, hi = int(seen[0]), -int(seen[1])
+    # the same decision on every rank: all see the same step, and it is newer than Ray's
+    return path if lo == hi and lo > ray_step else None
+
+
 def run_ray_training(
     *,
     preset: str,
@@ -91,8 +148,12 @@ def run_ray_training(
     overrides: dict[str, Any] | None = None,
     fail_at_step: int | None = None,
     max_failures: int = 1,
+    threads: int | None = 1,
 ) -> RayRunReport:
-    """Start a local Ray (if none is running), fit, shut Ray down again, report."""
+    """Start a local Ray (if none is running), fit, shut Ray down again, report.
+
+    ``threads``: intra-op threads per worker (None leaves whatever Ray's worker environment gives).
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
@@ -120,6 +181,7 @@ def run_ray_training(
                 "run_dir": str(run_dir),
                 "tokens": str(tokens.resolve()),
                 "fail_at_step": fail_at_step,
+                "threads": threads,
             },
             torch_config=TorchConfig(backend="nccl" if torch.cuda.is_available() else "gloo"),
             scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=torch.cuda.is_available()),
@@ -169,4 +231,7 @@ def _report(run_dir: Path, *, result: Any, fit_s: float, t_fit: float, ray_init_
         restarts=len(starts) - 1,
         recovery_s=recovery_s,
         steps_lost=steps_lost,
+        resume=json.loads((run_dir / "resume_source.json").read_text())
+        if (run_dir / "resume_source.json").exists()
+        else None,
     )

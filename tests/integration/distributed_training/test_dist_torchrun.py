@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from systems.common.settings import MlsdSettings
 from systems.distributed_training.chaos import run_chaos
 from systems.distributed_training.data import prepare_tokens
 from systems.distributed_training.evaluate import GOLDEN_ATOL, GOLDEN_REVIEWS, load_golden, max_abs_diff
@@ -20,9 +21,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def tokens(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The golden corpus: the first 2,000 reviews as bytes."""
-    return prepare_tokens(tmp_path_factory.mktemp("tok") / "reviews.npy", limit=GOLDEN_REVIEWS)
+def tokens(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -> Path:
+    """The golden corpus: the first 2,000 reviews as bytes (the reviews come from the session's data dir)."""
+    settings = MlsdSettings(data_dir=shared_data_dir)
+    return prepare_tokens(tmp_path_factory.mktemp("tok") / "reviews.npy", limit=GOLDEN_REVIEWS, settings=settings)
 
 
 def _args(tokens: Path, run_dir: Path, *extra: str) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from systems.common.settings import MlsdSettings
 from systems.distributed_training.data import load_tokens, prepare_tokens, split_tokens
 from systems.distributed_training.evaluate import (
     GOLDEN_ATOL,
@@ -22,8 +23,8 @@ from systems.distributed_training.train import cpu_debug, init_distributed, run_
 pytestmark = pytest.mark.model
 
 
-def test_cpu_debug_reproduces_the_golden_losses_and_learns(tmp_path: Path) -> None:
-    tokens = prepare_tokens(tmp_path / "tok.npy", limit=GOLDEN_REVIEWS)
+def test_cpu_debug_reproduces_the_golden_losses_and_learns(tmp_path: Path, settings: MlsdSettings) -> None:
+    tokens = prepare_tokens(tmp_path / "tok.npy", limit=GOLDEN_REVIEWS, settings=settings)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

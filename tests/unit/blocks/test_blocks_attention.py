@@ -191,3 +191,72 @@ def test_dropout_only_in_training_and_rescales() -> None:
 def test_rejects_bad_head_count() -> None:
     with pytest.raises(ValueError, match="divisible"):
         MultiHeadAttention(30, 4)
+
+
+def _autograd_ops(t: torch.Tensor) -> set[str]:
+    """Names of every backward node that produced ``t`` (which kernels the forward really ran)."""
+    names: set[str] = set()
+    visited: set[int] = set()
+    stack = [t.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in visited:
+            continue
+        visited.add(id(fn))
+        names.add(type(fn).__name__)
+        stack.extend(nxt for nxt, _ in fn.next_functions)
+    return names
+
+
+@pytest.mark.parametrize(
+    "case", ["none", "causal", "padding", "bool_mask", "causal_and_padding", "cross", "dead_rows", "float_mask"]
+)
+def test_fused_matches_explicit_outputs_and_grads(case: str) -> None:
+    torch.manual_seed(6)
+    explicit = MultiHeadAttention(E, H)
+    fused = MultiHeadAttention(E, H, fused=True)
+    fused.load_state_dict(explicit.state_dict())
+    q = torch.randn(B, T, E)
+    kv = torch.randn(B, S, E) if case in ("padding", "cross", "dead_rows") else q
+    kw: dict = {}
+    if case == "causal":
+        kw["is_causal"] = True
+    elif case == "padding":
+        kw["key_padding_mask"] = _padding_mask()
+    elif case == "bool_mask":
+        kw["attn_mask"] = torch.rand(T, T) > 0.3  # (T, S), shared by batch and heads; may leave rows dead
+    elif case == "causal_and_padding":
+        kpm = torch.zeros(B, T, dtype=torch.bool)
+        kpm[1, 4:] = True
+        kpm[2, :] = True  # a sequence that is all padding: every row dead
+        kw.update(is_causal=True, key_padding_mask=kpm)
+    elif case == "dead_rows":
+        kpm = torch.zeros(B, S, dtype=torch.bool)
+        kpm[0] = True
+        allowed = torch.ones(B, H, T, S, dtype=torch.bool)
+        allowed[1, :, 2] = False  # query 2 of sequence 1 sees nothing, in every head
+        allowed[2, 0, 5] = False  # query 5 of sequence 2 sees nothing in head 0 only
+        kw.update(key_padding_mask=kpm, attn_mask=allowed)
+    elif case == "float_mask":
+        kw["attn_mask"] = torch.randn(T, T)  # additive: the fused module falls back to the explicit path
+    outs, grads = [], []
+    for module in (explicit, fused):
+        module.zero_grad()
+        x_q = q.clone().requires_grad_(True)
+        x_kv = x_q if kv is q else kv.clone().requires_grad_(True)
+        y = module(x_q, x_kv, **kw)
+        ops = _autograd_ops(y)
+        uses_sdpa = any("ScaledDotProduct" in name for name in ops)
+        assert uses_sdpa == (module is fused and case != "float_mask"), ops
+        (y * torch.linspace(-1, 1, E)).sum().backward()
+        outs.append(y.detach())
+        grads.append(_grads(module, x_q, x_kv) if x_kv is not x_q else _grads(module, x_q))
+    assert torch.isfinite(outs[1]).all()
+    torch.testing.assert_close(outs[1], outs[0], atol=TOL, rtol=TOL)
+    assert len(grads[0]) == len(grads[1])
+    for a, b in zip(grads[1], grads[0], strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, atol=TOL, rtol=TOL)
+    if case in ("causal_and_padding", "dead_rows"):
+        dead_seq = 2 if case == "causal_and_padding" else 0
+        assert torch.equal(outs[1][dead_seq], torch.zeros(T, E))  # zeros, not the out_proj bias

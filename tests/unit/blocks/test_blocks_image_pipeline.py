@@ -143,3 +143,20 @@ def test_ranks_get_disjoint_shards(root: Path) -> None:
         shards.append(set(indices))
     assert not shards[0] & shards[1]
     assert len(shards[0]) == len(shards[1]) == len(train) // 2
+
+
+def test_distributed_one_rank_draws_the_global_batches_of_two(root: Path) -> None:
+    """``distributed=True`` with 1 rank: each batch of 2b is the union of the two ranks' batches of b."""
+    kw = {"num_workers": 0, "seed": 3, "size": 8, "mean": [0.3], "std": [0.3], "distributed": True}
+    one = make_dataloader(root, batch_size=16, rank=0, world_size=1, **kw)
+    two = [make_dataloader(root, batch_size=8, rank=r, world_size=2, **kw) for r in (0, 1)]
+    for dl in (one, *two):
+        dl.sampler.set_epoch(1)  # type: ignore[attr-defined]
+    idx_one = list(iter(one.batch_sampler))  # type: ignore[arg-type]
+    idx_r0, idx_r1 = (list(iter(dl.batch_sampler)) for dl in two)  # type: ignore[arg-type]
+    sampler_r0 = list(iter(two[0].sampler))
+    sampler_r1 = list(iter(two[1].sampler))
+    assert len(idx_one) == len(idx_r0) == len(idx_r1)
+    for b1, b0, br1 in zip(idx_one, idx_r0, idx_r1, strict=True):
+        assert sorted(b1) == sorted(b0 + br1)
+    assert not set(sampler_r0) & set(sampler_r1)

@@ -116,3 +116,26 @@ def test_stream_resumes_exactly_and_reshuffles_per_epoch() -> None:
     epoch1 = torch.cat(batches[5:10])
     assert not torch.equal(epoch0, epoch1)  # set_epoch changed the permutation
     assert sorted(map(tuple, epoch0.tolist())) == sorted(map(tuple, epoch1.tolist()))  # same items
+
+
+def test_fused_attention_gives_the_explicit_losses_and_grads() -> None:
+    from dataclasses import replace
+
+    cfg = MODEL_PRESETS["cpu_debug"]()
+    torch.manual_seed(0)
+    explicit = GPT(cfg)
+    fused = GPT(replace(cfg, fused_attention=True))
+    fused.load_state_dict(explicit.state_dict())
+    assert all(m.fused for m in fused.modules() if isinstance(m, MultiHeadAttention))
+    x, y = torch.randint(0, 256, (2, 32)), torch.randint(0, 256, (2, 32))
+    _, loss_e = explicit(x, y)
+    _, loss_f = fused(x, y)
+    assert loss_e is not None and loss_f is not None
+    loss_e.backward()
+    loss_f.backward()
+    assert abs(loss_e.item() - loss_f.item()) < 1e-5
+    for (name, pe), pf in zip(explicit.named_parameters(), fused.parameters(), strict=True):
+        assert pe.grad is not None and pf.grad is not None
+        torch.testing.assert_close(pf.grad, pe.grad, atol=1e-5, rtol=1e-4, msg=name)
+    # the GPU preset is the one that needs it (T = 1024); the CPU presets keep the explicit teaching path
+    assert MODEL_PRESETS["gpu_124m"]().fused_attention and not cfg.fused_attention

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from systems.common.settings import MlsdSettings
 from systems.distributed_training import checkpoint as ckpt
 from systems.distributed_training.data import prepare_tokens
 from systems.distributed_training.train import (
@@ -75,8 +76,8 @@ class _Stop(Exception):
     pass
 
 
-def test_interrupted_then_resumed_run_gives_identical_losses(tmp_path: Path) -> None:
-    tokens = prepare_tokens(tmp_path / "tok.npy", limit=300)
+def test_interrupted_then_resumed_run_gives_identical_losses(tmp_path: Path, settings: MlsdSettings) -> None:
+    tokens = prepare_tokens(tmp_path / "tok.npy", limit=300, settings=settings)
     cfg = get_preset("cpu_debug", max_steps=30, ckpt_every=10)
     ctx = init_distributed()
     full = run_training(cfg, tokens_path=tokens, run_dir=tmp_path / "full", ctx=ctx)
