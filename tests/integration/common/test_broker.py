@@ -152,9 +152,7 @@ def test_malformed_messages_go_to_the_dead_letter_topic(broker_settings, unique_
             stop.set()
 
     consumer = make_consumer(broker_settings, [topic], f"g-{unique_name}", client)
-    worker = threading.Thread(
-        target=run_consumer_loop, args=(consumer, producer, Event, handle), kwargs={"stop": stop}
-    )
+    worker = threading.Thread(target=run_consumer_loop, args=(consumer, producer, Event, handle), kwargs={"stop": stop})
     worker.start()
     worker.join(timeout=30)
     stop.set()
