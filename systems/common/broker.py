@@ -468,6 +468,7 @@ def run_consumer_loop(
     poll_timeout_s: float = 0.2,
     max_records: int = 500,
     commit_interval_s: float = 0.0,
+    before_commit: Callable[[], None] | None = None,
 ) -> None:
     """At-least-once processing: poll → decode (bad → DLQ) → ``handle(batch)`` → flush → commit.
 
@@ -479,7 +480,16 @@ def run_consumer_loop(
     ``commit_interval_s`` trades re-delivery for latency: 0 flushes and commits after every batch (a broker
     round trip each, ~10 ms of serial wait under load); a positive value flushes and commits at most that
     often, and whenever the topic goes idle, so a crash re-delivers at most that much work.
+    ``before_commit`` runs first at each commit point: the place for a handler that buffers its results to make
+    them durable (one store transaction per commit instead of per batch).
     """
+
+    def commit() -> None:
+        if before_commit is not None:
+            before_commit()
+        producer.flush()
+        consumer.commit()
+
     pending = False
     last_commit = time.monotonic()
     while not stop.is_set():
@@ -491,12 +501,10 @@ def run_consumer_loop(
             pending = True
         now = time.monotonic()
         if pending and (not records or now - last_commit >= commit_interval_s):
-            producer.flush()
-            consumer.commit()
+            commit()
             pending, last_commit = False, now
     if pending:  # a clean stop commits what was handled
-        producer.flush()
-        consumer.commit()
+        commit()
 
 
 # ------------------------------------------------------------------------------------------ measurement

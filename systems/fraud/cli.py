@@ -232,13 +232,23 @@ def bench(
         ".mlsd/bench/fraud.json"
     ),
     quick: Annotated[bool, typer.Option(help="small smoke run, not numbers to publish")] = False,
+    repeats: Annotated[int, typer.Option(help="runs of the stream and api parts; medians are reported")] = 3,
+    parts: Annotated[str, typer.Option(help="comma-separated subset of quality,stream,api,fault")] = (
+        "quality,stream,api,fault"
+    ),
 ) -> None:
-    """Simulator, quality table, streaming throughput/latency, /score latency, fault run."""
+    """Simulator, quality table (once), streaming throughput/latency and /score latency (medians of
+    ``--repeats`` runs), fault run (once)."""
     import json
 
+    from systems.common.errors import MlsdError
     from systems.fraud.bench import run_bench
 
-    result = run_bench(out, quick=quick)
+    chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
+    unknown = set(chosen) - {"quality", "stream", "api", "fault"}
+    if unknown or repeats < 1:
+        raise MlsdError(f"bad --parts {sorted(unknown)} or --repeats {repeats}: use quality,stream,api,fault and >= 1")
+    result = run_bench(out, quick=quick, parts=("simulator", *chosen), repeats=repeats)
     keys = ("simulator", "quality", "stream", "api", "fault")
     console.print_json(json.dumps({k: result.get(k) for k in keys}, default=str))
     console.print(f"[green]✓[/] wrote {out} and {out.with_suffix('.png')}")

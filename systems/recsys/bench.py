@@ -2,7 +2,7 @@
 
     mlsd recsys bench --out bench/recsys.json --catalogue 1000000 --rates 50,100,200
 
-Sections of the JSON: ``quality.<model>.<metric>`` (temporal split, full ranking), ``ann`` (1M x 64 HNSW vs
+Sections of the JSON: ``quality.<model>.<metric>`` (temporal split, full ranking), ``ann`` (1M x 64 ANN sweep vs
 exact), ``serving.<rate>`` (latency from the intended send time, achieved RPS, errors, per-stage p50/p99)
 and ``freshness_ms`` (event produced → a changed /recommend answer).
 """
@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,66 +24,118 @@ from systems.recsys.settings import RecsysSettings
 log = logging.getLogger(__name__)
 
 
+# (kind, faiss factory string, search-parameter values): nprobe for IVF, efSearch for HNSW.
+ANN_CONFIGS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
+    ("ivf", "IVF1024,Flat", (16, 32, 48, 64)),
+    ("ivf", "IVF1024,PQ64x4fs,RFlat", (24, 32, 40, 48, 64)),
+    ("ivf", "IVF2048,PQ64x4fs,RFlat", (32, 48, 64, 96)),
+)
+RECALL_TARGET = 0.95
+# The operating point must clear the target by about one standard error of recall@10 over ~300 queries
+# (per-query recall sd ~0.1 / sqrt(315) ~ 0.006): a setting at 0.9505 would miss the target on the next sample.
+RECALL_MARGIN = 0.005
+
+
+def _qps_per_call(index: Any, queries: np.ndarray, k: int, reps: int) -> tuple[list[float], list[float]]:
+    """Single-threaded QPS with one query per call (what a request does), one value per repetition.
+
+    Returns (wall-clock QPS, CPU-time QPS). On a shared box the wall clock also counts the time this thread
+    waited for a core; the process CPU time (one thread) is what a dedicated core would give.
+    """
+    wall, cpu = [], []
+    for _ in range(reps):
+        t, c = time.perf_counter(), time.process_time()
+        for q in queries:
+            index.search(q[None], k)
+        wall.append(len(queries) / (time.perf_counter() - t))
+        cpu.append(len(queries) / max(time.process_time() - c, 1e-9))
+    return wall, cpu
+
+
 def bench_ann(
     vectors: np.ndarray,
     queries: np.ndarray,
     *,
     k: int = 10,
-    m: int = 32,
-    ef_construction: int = 80,
-    efs: tuple[int, ...] = (16, 32, 64, 128, 256, 512),
-    index: Any = None,
-) -> dict[str, Any]:
-    """HNSW vs exact inner-product search: recall@k and single-threaded QPS per efSearch."""
+    configs: tuple[tuple[str, str, tuple[int, ...]], ...] = ANN_CONFIGS,
+    extra: Sequence[tuple[Any, tuple[int, ...]]] = (),
+    reps: int = 3,
+) -> tuple[dict[str, Any], Any]:
+    """Sweep ANN indexes vs exact inner-product search: recall@k and single-threaded QPS per setting.
+
+    Builds each of ``configs`` (2 threads), plus already-built ``extra`` indexes (e.g. a saved HNSW), and
+    picks the fastest setting (CPU-time QPS) with recall@k >= 0.95 + a margin. QPS is the median of ``reps`` passes
+    over the queries (the box is shared: the max and the CPU-time QPS are reported too).
+    Returns (report, the chosen AnnIndex set to its operating point).
+    """
     import faiss
 
     from systems.recsys.candidates import AnnIndex, recall_at_k
 
+    faiss.omp_set_num_threads(1)
     exact = AnnIndex.build(vectors, kind="exact")
     t = time.perf_counter()
     _, truth = exact.search(queries, k)
     exact_s = time.perf_counter() - t
-    build_s = 0.0
-    if index is None:
-        t = time.perf_counter()
-        faiss.omp_set_num_threads(2)
-        index = AnnIndex.build(vectors, kind="hnsw", m=m, ef_construction=ef_construction)
-        build_s = time.perf_counter() - t
-    faiss.omp_set_num_threads(1)
-    sweep = []
-    for ef in efs:
-        index.set_ef_search(ef)
-        index.search(queries[:50], k)  # warm
-        t = time.perf_counter()
-        for q in queries:  # one query per call: what a request does
-            index.search(q[None], k)
-        per_query = time.perf_counter() - t
-        t = time.perf_counter()
-        _, ids = index.search(queries, k)  # one batched call, still one thread
-        batch = time.perf_counter() - t
-        sweep.append(
-            {
-                "ef_search": ef,
-                "qps": len(queries) / per_query,
-                "qps_batch": len(queries) / batch,
+    del exact
+    sweep: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_index: Any = None
+
+    def run(index: Any, params: tuple[int, ...], build_s: float | None) -> None:
+        nonlocal best, best_index
+        for p in params:
+            index.set_search_param(p)
+            index.search(queries[:50], k)  # warm
+            _, ids = index.search(queries, k)
+            qps, qps_cpu = _qps_per_call(index, queries, k, reps)
+            row = {
+                "index": index.factory,
+                "kind": index.kind,
+                "param": "nprobe" if index.kind == "ivf" else "ef_search",
+                "value": p,
                 "recall@10": recall_at_k(ids, truth, k),
+                "qps": float(np.median(qps)),
+                "qps_max": float(max(qps)),
+                "qps_cpu": float(np.median(qps_cpu)),
+                "build_s": build_s,
             }
-        )
-    ok = [s for s in sweep if s["recall@10"] >= 0.95]
-    best = ok[0] if ok else sweep[-1]
-    return {
+            sweep.append(row)
+            log.info("ann %s %s=%s: %s", row["index"], row["param"], p, row)
+            # chosen on CPU-time QPS: wall-clock QPS on this shared box mostly measures the neighbours' load
+            ok = row["recall@10"] >= RECALL_TARGET + RECALL_MARGIN
+            if ok and (best is None or row["qps_cpu"] > best["qps_cpu"]):
+                best, best_index = row, index
+        if best_index is not None and best is not None:
+            best_index.set_search_param(best["value"])
+
+    for kind, factory, params in configs:
+        t = time.perf_counter()
+        index = AnnIndex.build(vectors, kind=kind, factory=factory, build_threads=2)
+        run(index, params, time.perf_counter() - t)
+    for index, params in extra:
+        run(index, params, None)  # built elsewhere: build time unknown
+    if best is None:  # nothing reached the target: report the most accurate setting
+        best = max(sweep, key=lambda r: r["recall@10"])
+    report = {
         "n_items": len(vectors),
         "dim": int(vectors.shape[1]),
-        "index": f"HNSW{m} efConstruction={ef_construction}",
-        "build_s": build_s,
-        "exact_qps": len(queries) / exact_s,
-        "ef_search": best["ef_search"],
-        "qps": best["qps"],
-        "qps_batch": best["qps_batch"],
-        "recall@10": best["recall@10"],
-        "sweep": sweep,
         "queries": len(queries),
+        "threads": 1,
+        "index": best["index"],
+        "param": best["param"],
+        "value": best["value"],
+        "qps": best["qps"],
+        "qps_max": best["qps_max"],
+        "qps_cpu": best["qps_cpu"],
+        "recall@10": best["recall@10"],
+        "build_s": best["build_s"],
+        "exact_qps": len(queries) / exact_s,
+        "recall_target": RECALL_TARGET,
+        "recall_margin": RECALL_MARGIN,
+        "sweep": sweep,
     }
+    return report, best_index
 
 
 def _user_params(users: np.ndarray) -> Callable[[int], dict[str, Any]]:
@@ -201,7 +253,9 @@ def run_bench(
     from systems.common.bench import plot_latency_vs_rate, write_report
     from systems.common.broker import LocalBroker
     from systems.common.http import ServerProcess, free_port
-    from systems.recsys.scale import build_scaled, load_scaled, scale_dir
+    from systems.recsys.candidates import AnnIndex
+    from systems.recsys.pipeline import Artifacts
+    from systems.recsys.scale import grow_catalogue, save_scaled, scale_dir
     from systems.recsys.train import publish_features, train_and_publish
 
     settings.ensure_dirs()
@@ -216,21 +270,29 @@ def run_bench(
     result["split"] = q["split"]
     result["train_timings_s"] = q["timings_s"]
 
-    # ANN at scale: queries are the real users' two-tower vectors.
+    # ANN at scale: queries are the real users' two-tower vectors; ground truth is exact search.
     from systems.recsys.train import tower_user_vectors
 
-    if reuse_index and (scale_dir(settings, catalogue) / "hnsw.faiss").exists():
-        # a saved index from an earlier run (build is ~5-10 min at 1 M); build_s is then not measured
-        art, build_s = load_scaled(settings.model_copy(update={"catalogue_size": catalogue})), float("nan")
+    sdir = scale_dir(settings, catalogue)
+    if reuse_index and (sdir / "ann.faiss").exists() and (sdir / "ann_sweep.json").exists():
+        # the serving index and sweep of an earlier run (the sweep builds several indexes: minutes at 1 M)
+        result["ann"] = json.loads((sdir / "ann_sweep.json").read_text())
+        result["ann"]["reused"] = True
     else:
-        art, build_s = build_scaled(settings, catalogue)
-    queries = tower_user_vectors(art.tower, art.histories, art.user_cats)[::3]  # 315 real user vectors
-    result["ann"] = bench_ann(art.item_vecs, queries, index=art.index)
-    result["ann"]["build_s"] = build_s
-    (scale_dir(settings, catalogue) / "ef_search.json").write_text(
-        json.dumps({"ef_search": result["ann"]["ef_search"]})
-    )
-    del art
+        art = grow_catalogue(Artifacts.load(settings.model_dir), catalogue)
+        queries = tower_user_vectors(art.tower, art.histories, art.user_cats)[::3]  # 315 real user vectors
+        extra = []
+        if (sdir / "hnsw.faiss").exists():  # an HNSW32/efC80 index saved by an earlier version: sweep it too
+            extra.append(
+                (
+                    AnnIndex.load(str(sdir / "hnsw.faiss"), kind="hnsw", factory="HNSW32,efConstruction=80"),
+                    (64, 128, 256),
+                )
+            )
+        result["ann"], art.index = bench_ann(art.item_vecs, queries, extra=extra)
+        save_scaled(settings, art)  # the winner becomes the serving index
+        (sdir / "ann_sweep.json").write_text(json.dumps(result["ann"]))
+        del art, extra
 
     port = free_port()
     with LocalBroker(port=port, log_path=settings.recsys_dir / "broker.log") as broker:

@@ -15,17 +15,29 @@ import numpy as np
 SOURCES = ("two_tower", "content", "popularity")
 
 
+# The serving default at 1 M items, chosen by the ANN sweep in ``bench.py`` (see the README's "ANN choice"):
+# IVF with 1,024 lists, 4-bit PQ codes (one 16-level code per dimension, SIMD "fast scan"), then the top
+# k x REFINE_K_FACTOR candidates re-scored with the exact float vectors.
+DEFAULT_IVF_FACTORY = "IVF1024,PQ64x4fs,RFlat"
+DEFAULT_NPROBE = 40
+REFINE_K_FACTOR = 8
+
+
 @dataclass
 class AnnIndex:
     """Inner-product search over L2-normalised item vectors with faiss.
 
-    ``kind="hnsw"``: HNSW graph (M links per node, efSearch beam), sub-linear and no training step, the usual
-    choice up to ~10M vectors in RAM. ``kind="exact"``: brute force (IndexFlatIP), the ground truth for recall.
+    ``kind="ivf"``: any faiss index-factory string with an inverted file (``factory``, e.g.
+    ``"IVF1024,PQ64x4fs,RFlat"``); k-means training, then a query scans the ``nprobe`` nearest lists.
+    ``kind="hnsw"``: HNSW graph (M links per node, efSearch beam), no training step, incremental adds.
+    ``kind="exact"``: brute force (IndexFlatIP), the ground truth for recall.
+    ``search_param`` is the recall/speed knob of each: nprobe (ivf) or efSearch (hnsw).
     """
 
     index: Any
     kind: str
     dim: int
+    factory: str = ""
 
     @classmethod
     def build(
@@ -36,6 +48,8 @@ class AnnIndex:
         m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 64,
+        factory: str = DEFAULT_IVF_FACTORY,
+        nprobe: int = DEFAULT_NPROBE,
         build_threads: int = 1,
     ) -> AnnIndex:
         import faiss
@@ -46,20 +60,45 @@ class AnnIndex:
         index: Any
         if kind == "exact":
             index = faiss.IndexFlatIP(d)
+            factory = "Flat"
         elif kind == "hnsw":
             index = faiss.IndexHNSWFlat(d, m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = ef_construction
             index.hnsw.efSearch = ef_search
+            factory = f"HNSW{m},efConstruction={ef_construction}"
+        elif kind == "ivf":
+            index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+            index.train(x)  # k-means for the lists (+ PQ codebooks): seconds to a minute at 1 M x 64
         else:
             raise ValueError(f"unknown index kind {kind!r}")
         index.add(x)
         # One query per request: OpenMP threads only add wake-up cost, and spin-wait badly on shared cores.
         faiss.omp_set_num_threads(1)
-        return cls(index=index, kind=kind, dim=d)
+        out = cls(index=index, kind=kind, dim=d, factory=factory)
+        if kind == "ivf":
+            out.set_search_param(nprobe)
+        return out
 
-    def set_ef_search(self, ef: int) -> None:
+    def set_search_param(self, value: int) -> None:
+        """efSearch (hnsw) or nprobe (ivf); a no-op for exact search."""
+        import faiss
+
         if self.kind == "hnsw":
-            self.index.hnsw.efSearch = ef
+            self.index.hnsw.efSearch = value
+        elif self.kind == "ivf":
+            faiss.extract_index_ivf(self.index).nprobe = value
+            if isinstance(self.index, faiss.IndexRefine):
+                self.index.k_factor = REFINE_K_FACTOR  # re-score 8k PQ candidates exactly (not saved by faiss)
+
+    @property
+    def search_param(self) -> int:
+        import faiss
+
+        if self.kind == "hnsw":
+            return int(self.index.hnsw.efSearch)
+        if self.kind == "ivf":
+            return int(faiss.extract_index_ivf(self.index).nprobe)
+        return 0
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """queries (Q, d) -> (scores (Q, k), item_idx (Q, k)); -1 ids when fewer than k exist."""
@@ -77,12 +116,12 @@ class AnnIndex:
         faiss.write_index(self.index, path)
 
     @classmethod
-    def load(cls, path: str, kind: str) -> AnnIndex:
+    def load(cls, path: str, kind: str, factory: str = "") -> AnnIndex:
         import faiss
 
         faiss.omp_set_num_threads(1)
-        index = faiss.read_index(path)
-        return cls(index=index, kind=kind, dim=int(index.d))
+        index = faiss.read_index(path)  # already the concrete class (never downcast_index it: that drops ownership)
+        return cls(index=index, kind=kind, dim=int(index.d), factory=factory)
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:

@@ -106,7 +106,7 @@ def bench(
     freshness_n: Annotated[int, typer.Option(help="freshness trials")] = 30,
     retrain: Annotated[bool, typer.Option(help="retrain even if a model exists")] = False,
     workers: Annotated[int, typer.Option(help="uvicorn workers for the serving run")] = 2,
-    reuse_index: Annotated[bool, typer.Option(help="reuse the saved 1M-item HNSW index if present")] = False,
+    reuse_index: Annotated[bool, typer.Option(help="reuse the saved 1M-item ANN index and sweep if present")] = False,
 ) -> None:
     """Quality, ANN recall/QPS at scale, serving latency under open-loop load, freshness."""
     import logging
@@ -127,7 +127,7 @@ def bench(
         reuse_index=reuse_index,
     )
     console.print(quality_table(res["quality"]))
-    console.print({"ann": {k: res["ann"][k] for k in ("qps", "recall@10", "ef_search", "build_s")}})
+    console.print({"ann": {k: res["ann"][k] for k in ("index", "param", "value", "qps", "recall@10")}})
     console.print({r: v["latency_ms"] for r, v in res["serving"].items()})
     console.print({"freshness_ms": res["freshness_ms"]})
 

@@ -149,3 +149,19 @@ class DeepRanker(nn.Module):
         cats = torch.cat([emb(user_cats[:, j]) for j, emb in enumerate(self.user_cats)], dim=-1)
         x = torch.cat([target, interest, target * interest, cats, self.dense_norm(dense)], dim=-1)
         return self.mlp(x).squeeze(-1)
+
+    def score_candidates(self, item_idx: Tensor, hist: Tensor, user_cats: Tensor, dense: Tensor) -> Tensor:
+        """Serving path: B candidates of *one* user. item_idx (B,), hist (1, L), user_cats (1, 3) -> logits (B,).
+
+        Same numbers as ``forward`` with the history repeated B times, but the keys/values of the history are
+        projected once (1, H, L, D) and broadcast against the B queries in the attention matmuls, instead of
+        B identical copies: the attention was ~60% of the ranker's CPU per request.
+        """
+        pad = self.cfg.n_items + 1
+        target = self.item(item_idx)  # (B, d)
+        keys = self.item(hist)  # (1, L, d)
+        interest = self.attn(target[:, None, :], keys, keys, key_padding_mask=hist == pad)[:, 0]  # (B, d)
+        cats = torch.cat([emb(user_cats[:, j]) for j, emb in enumerate(self.user_cats)], dim=-1)  # (1, 24)
+        b = item_idx.shape[0]
+        x = torch.cat([target, interest, target * interest, cats.expand(b, -1), self.dense_norm(dense)], dim=-1)
+        return self.mlp(x).squeeze(-1)

@@ -168,6 +168,10 @@ class Recommender:
         self._pop_order = order[: n_popular + 500]  # pre-sorted: the trending list is the same for everyone
         self._pop_norm = art.pop_scores / max(float(art.pop_scores.max()), 1e-9)
 
+    def popular_items(self) -> np.ndarray:
+        """The trending list (item_idx, best first): the same for everyone, pre-sorted at start."""
+        return self._pop_order
+
     def user_context(
         self, user_idx: int | None, *, session_items: list[int] | None = None, request_ts: int | None = None
     ) -> UserContext:
@@ -250,12 +254,12 @@ class Recommender:
             hist = np.full((1, HIST_LEN), pad, dtype=np.int64)
             if recent:
                 hist[0, HIST_LEN - len(recent) :] = recent
-            n = len(items)
             with torch.inference_mode():
-                logits = a.deep(
+                # one history for all candidates: keys/values computed once (see DeepRanker.score_candidates)
+                logits = a.deep.score_candidates(
                     torch.from_numpy(ids),
-                    torch.from_numpy(np.repeat(hist, n, axis=0)),
-                    torch.from_numpy(np.repeat(ctx.cats[None].astype(np.int64), n, axis=0)),
+                    torch.from_numpy(hist),
+                    torch.from_numpy(ctx.cats[None].astype(np.int64)),
                     torch.from_numpy(dense),
                 )
             return logits.numpy().astype(np.float64)

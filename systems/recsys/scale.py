@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from systems.recsys.candidates import AnnIndex
+from systems.recsys.candidates import DEFAULT_IVF_FACTORY, DEFAULT_NPROBE, AnnIndex
 from systems.recsys.pipeline import Artifacts
 from systems.recsys.settings import RecsysSettings
 
@@ -69,19 +69,28 @@ def scale_dir(settings: RecsysSettings, n_total: int) -> Path:
 
 
 def build_scaled(
-    settings: RecsysSettings, n_total: int, *, m: int = 32, ef_construction: int = 80, ef_search: int = 64
+    settings: RecsysSettings,
+    n_total: int,
+    *,
+    factory: str = DEFAULT_IVF_FACTORY,
+    nprobe: int = DEFAULT_NPROBE,
 ) -> tuple[Artifacts, float]:
-    """Grow, build the HNSW index, save both; returns (artifacts, index build seconds)."""
+    """Grow, build the serving ANN index (IVF-PQ fast scan + exact re-rank), save both; returns (artifacts, build s)."""
     art = grow_catalogue(Artifacts.load(settings.model_dir), n_total)
     import faiss
 
     t = time.perf_counter()
     faiss.omp_set_num_threads(2)  # the build is a one-off batch job: use both cores
-    art.index = AnnIndex.build(
-        art.item_vecs, kind="hnsw", m=m, ef_construction=ef_construction, ef_search=ef_search, build_threads=2
-    )
+    art.index = AnnIndex.build(art.item_vecs, kind="ivf", factory=factory, nprobe=nprobe, build_threads=2)
     build_s = time.perf_counter() - t
-    out = scale_dir(settings, n_total)
+    save_scaled(settings, art)
+    return art, build_s
+
+
+def save_scaled(settings: RecsysSettings, art: Artifacts) -> None:
+    """Write the grown item arrays, the ANN index and its operating point where :func:`load_scaled` reads them."""
+    assert art.index is not None
+    out = scale_dir(settings, art.n_items)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(
         out / "items.npz",
@@ -91,8 +100,15 @@ def build_scaled(
         pop_scores=art.pop_scores,
         item_stats=art.item_stats,
     )
-    art.index.save(str(out / "hnsw.faiss"))
-    return art, build_s
+    art.index.save(str(out / "ann.faiss"))
+    save_operating_point(out, art.index)
+
+
+def save_operating_point(out: Path, index: AnnIndex) -> None:
+    """What the API needs to reload the index as benchmarked: kind, factory string and nprobe/efSearch."""
+    (out / "ann.json").write_text(
+        json.dumps({"kind": index.kind, "factory": index.factory, "search_param": index.search_param})
+    )
 
 
 def load_scaled(settings: RecsysSettings) -> Artifacts:
@@ -100,7 +116,7 @@ def load_scaled(settings: RecsysSettings) -> Artifacts:
     n_total = settings.catalogue_size
     out = scale_dir(settings, n_total)
     base = Artifacts.load(settings.model_dir)
-    if not (out / "hnsw.faiss").exists():
+    if not (out / "ann.faiss").exists() or not (out / "items.npz").exists():
         art, _ = build_scaled(settings, n_total)
         return art
     arr = np.load(out / "items.npz")
@@ -109,8 +125,8 @@ def load_scaled(settings: RecsysSettings) -> Artifacts:
     art.item_vecs, art.genres, art.year = arr["item_vecs"], arr["genres"], arr["year"]
     art.pop_scores, art.item_stats = arr["pop_scores"], arr["item_stats"]
     art.model_version = f"{base.model_version}+scale{n_total}"
-    art.index = AnnIndex.load(str(out / "hnsw.faiss"), kind="hnsw")
-    # the operating point picked by the ANN bench (smallest efSearch with recall@10 >= 0.95), else 64
-    ef_file = out / "ef_search.json"
-    art.index.set_ef_search(int(json.loads(ef_file.read_text())["ef_search"]) if ef_file.exists() else 64)
+    op = json.loads((out / "ann.json").read_text())
+    art.index = AnnIndex.load(str(out / "ann.faiss"), kind=op["kind"], factory=op["factory"])
+    # the operating point picked by the ANN bench (fastest setting with recall@10 >= 0.95 vs exact)
+    art.index.set_search_param(int(op["search_param"]))
     return art

@@ -11,6 +11,7 @@ exposure record to ``recsys.exposures``.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +29,11 @@ from systems.recsys.settings import RecsysSettings
 
 MAX_K = 100
 MAX_SESSION = 100
+log = logging.getLogger(__name__)
+
+
+class OnlineStoreUnavailable(RuntimeError):
+    """The online feature store did not answer (down, unreachable, or erroring)."""
 
 
 class RecommendRequest(BaseModel):
@@ -54,6 +60,8 @@ class RecommendResponse(BaseModel):
     variant: str
     user_id: int | None
     cold_start: bool
+    degraded: bool = False
+    """True when the online store was unreachable and the answer is the trending fallback."""
     items: list[RecommendedItem]
     timings_ms: dict[str, float]
     warnings: list[str]
@@ -98,6 +106,9 @@ class RecsysService:
         self.store = store
         self.producer = producer
         self.experiment = experiment
+        # Circuit breaker: after a store failure, skip the store for ``store_retry_s`` (a refused Redis connection
+        # costs ~5 s of client retries, on the event loop) and answer degraded at once; then try again.
+        self.store_down_until = 0.0
 
     # ---- features --------------------------------------------------------------------------------
     def user_context(
@@ -113,7 +124,13 @@ class RecsysService:
             if self.store is not None:
                 from systems.recsys.feature_store import online_user
 
-                f = online_user(self.store, user_id)
+                if time.monotonic() < self.store_down_until:
+                    raise OnlineStoreUnavailable("circuit open after a recent store failure")
+                try:
+                    f = online_user(self.store, user_id)
+                except Exception as e:  # any store failure (connection refused, timeout, corrupt row) degrades
+                    self.store_down_until = time.monotonic() + self.settings.store_retry_s
+                    raise OnlineStoreUnavailable(f"{type(e).__name__}: {e}") from e
                 if f.get("age_bucket") is not None:
                     cats = np.array([f["age_bucket"], f["gender_code"], f["occupation_code"]], dtype=np.int64)
                 hist_ids = list(f.get("recent_items") or []) + list(f.get("session_items") or [])
@@ -139,7 +156,10 @@ class RecsysService:
     def recommend(self, req: RecommendRequest) -> RecommendResponse:
         t0 = time.perf_counter()
         warnings: list[str] = []
-        ctx, used = self.user_context(req.user_id, req.session_items, warnings)
+        try:
+            ctx, used = self.user_context(req.user_id, req.session_items, warnings)
+        except OnlineStoreUnavailable as e:
+            return self.recommend_degraded(req, t0, warnings, str(e))
         t1 = time.perf_counter()
         variant, ranker = "default", str(self.settings.ranker)
         if self.experiment is not None:
@@ -169,6 +189,41 @@ class RecsysService:
             warnings=warnings,
         )
         self.log(resp, used)
+        return resp
+
+    def recommend_degraded(
+        self, req: RecommendRequest, t0: float, warnings: list[str], reason: str
+    ) -> RecommendResponse:
+        """Online store down: the trending list (minus this session's items), flagged ``degraded``, never a 500.
+
+        No personal features are available, so no ranker runs; trending is the best non-personal answer we have
+        (it is one of the strongest offline baselines) and costs microseconds.
+        """
+        log.warning("online store unavailable, serving the trending fallback: %s", reason)
+        a = self.rec.art
+        session = {i - 1 for i in req.session_items}
+        top = [int(i) for i in self.rec.popular_items() if int(i) not in session][: req.k]
+        warnings.append("online feature store unavailable: trending fallback")
+        resp = RecommendResponse(
+            prediction_id=uuid.uuid4().hex,
+            model_version=a.model_version,
+            variant="fallback",
+            user_id=req.user_id,
+            cold_start=True,
+            degraded=True,
+            items=[
+                RecommendedItem(
+                    item_id=i + 1,
+                    title=a.titles[i] if i < len(a.titles) else f"synthetic item {i + 1}",
+                    score=float(a.pop_scores[i]),
+                    source="popularity",
+                )
+                for i in top
+            ],
+            timings_ms={"total": round((time.perf_counter() - t0) * 1e3, 3)},
+            warnings=warnings,
+        )
+        self.log(resp, {"user_id": req.user_id, "degraded": True, "reason": reason[:200]})
         return resp
 
     def log(self, resp: RecommendResponse, used: dict[str, Any]) -> None:
@@ -232,7 +287,12 @@ def build_service(settings: RecsysSettings) -> RecsysService:
     svc = RecsysService(settings, rec, store=store, producer=producer, experiment=experiment)
     # Warm-up before /readyz turns green: the first Feast read loads the registry (~0.3 s), the first
     # forward pass allocates; neither should land on a user's request.
-    svc.rec.recommend(svc.user_context(1, [], [])[0], k=10, ranker=str(settings.ranker))
+    try:
+        ctx = svc.user_context(1, [], [])[0]
+    except OnlineStoreUnavailable as e:  # start anyway: requests get the degraded answer until the store is back
+        log.warning("online store unavailable at start: %s", e)
+        ctx = svc.rec.user_context(None)
+    svc.rec.recommend(ctx, k=10, ranker=str(settings.ranker))
     return svc
 
 

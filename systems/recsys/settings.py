@@ -27,6 +27,8 @@ class RecsysSettings(MlsdSettings):
     """Candidates handed to the ranker per request (before re-ranking)."""
     ranker: Literal["deep", "lgbm", "none"] = "deep"
     log_predictions: bool = True
+    store_retry_s: float = 5.0
+    """After an online-store failure, answer from the trending fallback for this long before trying it again."""
     experiment: str = ""
     """Name of the running A/B experiment ("" = none); users are hashed into ``experiment_variants``."""
     experiment_variants: str = "lgbm,deep"

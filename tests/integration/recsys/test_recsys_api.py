@@ -151,3 +151,32 @@ def test_experiment_assigns_by_hash_and_logs_exposures(recsys_settings: RecsysSe
     assert len(seen) == 60
     assert all(e["experiment"] == unique_name and len(e["item_ids"]) == 10 for e in seen)
     assert {e["user_id"]: e["variant"] for e in seen} == variants
+
+
+def test_online_store_down_degrades_to_trending(recsys_redis_settings: RecsysSettings) -> None:
+    """Redis unreachable: 200 with the trending list and ``degraded: true`` (and a warning), never a 500."""
+    from fastapi.testclient import TestClient
+
+    from systems.common.proc import free_port
+    from systems.recsys.serve import create_app
+
+    s = recsys_redis_settings.model_copy(
+        update={"redis_url": f"redis://127.0.0.1:{free_port()}/0", "log_predictions": False}  # nothing listens
+    )
+    with TestClient(create_app(s)) as client:
+        r = client.get("/recommend", params={"user_id": 1, "k": 5, "session_items": "50"})
+        t = time.perf_counter()
+        again = client.get("/recommend", params={"user_id": 2, "k": 5})
+        again_s = time.perf_counter() - t
+        healthy = client.get("/readyz")
+    # the failed warm-up opened the circuit: no ~5 s Redis retry per request, the fallback answers at once
+    assert again.json()["degraded"] is True and again_s < 1.0
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["degraded"] is True and body["variant"] == "fallback"
+    assert any("unavailable" in w for w in body["warnings"])
+    assert len(body["items"]) == 5 and {i["source"] for i in body["items"]} == {"popularity"}
+    assert 50 not in [i["item_id"] for i in body["items"]]
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)  # the trending order
+    assert healthy.status_code == 200  # still serving: degraded, not down
