@@ -19,8 +19,9 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -40,18 +41,31 @@ def shared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("mlsd-data")
 
 
+S = TypeVar("S", bound=MlsdSettings)
+
+
+@pytest.fixture(scope="session")
+def make_settings(shared_data_dir: Path) -> Callable[..., Any]:
+    """``make_settings(cls, base_dir, **fields)``: settings of any system with a fresh data dir under
+    ``base_dir`` whose wheel cache and datasets are the session's shared ones (fetched once)."""
+    MlsdSettings(data_dir=shared_data_dir).ensure_dirs()
+
+    def make(cls: type[S], base: Path, **fields: Any) -> S:
+        s = cls(data_dir=base / ".mlsd", **fields)
+        s.ensure_dirs()
+        for sub in ("cache", "datasets"):
+            target = s.data_dir / sub
+            target.rmdir()
+            target.symlink_to(shared_data_dir / sub, target_is_directory=True)
+        return s
+
+    return make
+
+
 @pytest.fixture()
-def settings(tmp_path: Path, shared_data_dir: Path) -> MlsdSettings:
+def settings(tmp_path: Path, make_settings: Callable[..., MlsdSettings]) -> MlsdSettings:
     """Settings with a fresh data dir; datasets come from the session's shared dir (fetched once)."""
-    s = MlsdSettings(data_dir=tmp_path / ".mlsd")
-    s.ensure_dirs()
-    shared = MlsdSettings(data_dir=shared_data_dir)
-    shared.ensure_dirs()
-    for sub in ("cache", "datasets"):
-        target = s.data_dir / sub
-        target.rmdir()
-        target.symlink_to(shared_data_dir / sub, target_is_directory=True)
-    return s
+    return make_settings(MlsdSettings, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -11,24 +11,14 @@ from systems.recsys.settings import RecsysSettings
 from systems.recsys.testing import install_model
 
 
-def _settings_in(base: Path, shared_data_dir: Path, **kw: object) -> RecsysSettings:
-    s = RecsysSettings(data_dir=base / ".mlsd", **kw)  # type: ignore[arg-type]
-    s.ensure_dirs()
-    for sub in ("cache", "datasets"):
-        target = s.data_dir / sub
-        target.rmdir()
-        target.symlink_to(shared_data_dir / sub, target_is_directory=True)
-    return s
-
-
 @pytest.fixture(scope="session")
 def recsys_settings(
-    tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path, broker: LocalBroker
+    tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path, broker: LocalBroker, make_settings
 ) -> RecsysSettings:
     """sqlite online store, the session broker, unique topics; model + Feast ready."""
-    s = _settings_in(
+    s = make_settings(
+        RecsysSettings,
         tmp_path_factory.mktemp("recsys-sqlite"),
-        shared_data_dir,
         kafka_bootstrap=broker.bootstrap,
         predictions_topic="recsys-it.predictions",
         events_topic="recsys-it.events",
@@ -40,12 +30,16 @@ def recsys_settings(
 
 @pytest.fixture(scope="session")
 def recsys_redis_settings(
-    tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path, broker: LocalBroker, redis_server: str
+    tmp_path_factory: pytest.TempPathFactory,
+    shared_data_dir: Path,
+    broker: LocalBroker,
+    redis_server: str,
+    make_settings,
 ) -> RecsysSettings:
     """The same, with the Feast online store in a real redis-server."""
-    s = _settings_in(
+    s = make_settings(
+        RecsysSettings,
         tmp_path_factory.mktemp("recsys-redis"),
-        shared_data_dir,
         kafka_bootstrap=broker.bootstrap,
         online_store="redis",
         redis_url=redis_server,
