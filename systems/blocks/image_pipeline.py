@@ -30,7 +30,13 @@ Approach
 as upscaled PNG files in class folders; ``copies`` adds deterministically
 shifted copies so the on-disk dataset can be made as large as wanted.
 ``ImageFolderDataset`` decodes with PIL and converts with NumPy (no
-torchvision). ``compute_mean_std`` streams the training files once through a
+torchvision): 16-bit greyscale is scaled by 1/65535 (PIL's own conversion to
+8 bits clips everything above 255 to white), images with transparency are
+composited onto a ``background`` colour (PIL's conversion drops alpha, so a
+transparent pixel shows whatever colour it happens to store), and a file that
+fails to decode raises ``OSError`` naming it. ``list_images`` takes class
+folders named by integer labels and image extensions in any case.
+``compute_mean_std`` streams the training files once through a
 ``DataLoader`` and accumulates float64 per-channel sums. ``make_dataloader``
 assembles it all; ``measure_throughput`` reports images/s per ``num_workers``.
 
@@ -48,7 +54,7 @@ import json
 import random
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +66,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "ImageFolderDataset",
     "Sample",
     "compute_mean_std",
@@ -71,6 +78,11 @@ __all__ = [
 ]
 
 _MANIFEST = "manifest.json"
+# Suffixes ``list_images`` picks up (compared lower-case): the formats PIL decodes without plugins.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+_GREY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")  # PIL's modes for 16-bit greyscale
+_ALPHA_MODES = ("RGBA", "LA", "PA")  # PIL modes with an alpha channel
+WHITE = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -123,14 +135,31 @@ def write_digits_images(out_dir: Path, *, size: int = 64, copies: int = 1, limit
     return out_dir
 
 
-def list_images(root: Path) -> list[Sample]:
-    """All ``root/<int label>/<source>_<copy>.png`` files, in a sorted (stable) order."""
+def list_images(root: Path, *, extensions: Collection[str] = IMAGE_EXTENSIONS) -> list[Sample]:
+    """All ``root/<int label>/<source>_<copy>.<ext>`` files, in a sorted (stable) order.
+
+    Extensions match case-insensitively (cameras and Windows tools write ``.JPG`` and
+    ``.PNG``). The class folder's name *is* the label, a non-negative integer: a
+    mapping from sorted folder names to indices would make the labels depend on
+    which folders happen to exist (drop one class and every later label shifts
+    between a training run and the data a model is later scored on), so any other
+    name raises ``ValueError`` naming the folder.
+    """
+    wanted = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions}
     samples = []
-    for path in sorted(Path(root).glob("*/*.png")):
+    for path in sorted(Path(root).glob("*/*")):
+        if path.suffix.lower() not in wanted or not path.is_file():
+            continue
+        name = path.parent.name
+        if not (name.isascii() and name.isdigit()):
+            raise ValueError(
+                f"class folder {path.parent} must be named by a non-negative integer label "
+                f"(root/<label>/<image>, e.g. {root}/0/), got {name!r}"
+            )
         stem = path.stem.split("_")[0]
-        samples.append(Sample(path, int(path.parent.name), int(stem) if stem.isdigit() else zlib.crc32(stem.encode())))
+        samples.append(Sample(path, int(name), int(stem) if stem.isdigit() else zlib.crc32(stem.encode())))
     if not samples:
-        raise FileNotFoundError(f"no images under {root}")
+        raise FileNotFoundError(f"no images ({', '.join(sorted(wanted))}) under {root}/<label>/")
     return samples
 
 
@@ -150,7 +179,10 @@ def split_samples(
 class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
     """Decode, resize and normalise one image per index: ``(C, size, size)`` float32, label.
 
-    Holds only paths and labels (cheap to pickle into worker processes).
+    Holds only paths and labels (cheap to pickle into worker processes). Pixels with
+    transparency are composited onto ``background`` (RGB, 0..255; white by default, the
+    page most scanned and exported images were drawn on) before the conversion to
+    ``mode``; 16-bit greyscale keeps its full range (``v / 65535``).
     """
 
     def __init__(
@@ -161,13 +193,17 @@ class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         mode: str = "L",
+        background: tuple[int, int, int] = WHITE,
     ) -> None:
         if mode not in ("L", "RGB"):
             raise ValueError("mode must be 'L' (1 channel) or 'RGB' (3 channels)")
+        if len(background) != 3 or not all(isinstance(v, int | np.integer) and 0 <= v <= 255 for v in background):
+            raise ValueError(f"background must be 3 integers in 0..255 (R, G, B), got {background!r}")
         channels = 1 if mode == "L" else 3
         self.samples = list(samples)
         self.size = size
         self.mode = mode
+        self.background = background
         # (C, 1, 1) so they broadcast over (C, H, W); identity when no statistics are given.
         self.mean = torch.tensor(mean if mean is not None else [0.0] * channels).view(-1, 1, 1)
         self.std = torch.tensor(std if std is not None else [1.0] * channels).view(-1, 1, 1)
@@ -177,11 +213,44 @@ class ImageFolderDataset(Dataset[tuple[Tensor, int]]):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def _convert(self, img: Image.Image) -> Image.Image:
+        """``img`` in ``self.mode`` (8 bits per channel), or mode ``F`` in [0, 1] for 16-bit grey.
+
+        PIL's ``convert`` gets both of these wrong for the pipeline: ``I;16 -> L`` clips
+        (any value above 255 of 65535 becomes white) and ``RGBA -> RGB`` drops alpha.
+        """
+        if img.mode in _GREY16_MODES or (img.mode == "I" and img.format == "PNG"):  # "I": older PIL's 16-bit PNG
+            return Image.fromarray(np.asarray(img, dtype=np.float32) / np.float32(65535.0))
+        if img.mode in _ALPHA_MODES or "transparency" in img.info:  # the latter: palette / tRNS transparency
+            rgba = np.asarray(img.convert("RGBA"), dtype=np.int32)  # (H, W, 4)
+            alpha = rgba[..., 3:]
+            bg = np.array(self.background, dtype=np.int32)
+            # a·x + (1 - a)·bg in integers, rounded to nearest: (x·A + bg·(255 - A) + 127) // 255
+            rgb = (rgba[..., :3] * alpha + bg * (255 - alpha) + 127) // 255
+            img = Image.fromarray(rgb.astype(np.uint8))  # (H, W, 3) uint8 -> "RGB"
+        return img.convert(self.mode)
+
     def load(self, index: int) -> Tensor:
-        """Decoded and resized image in [0, 1], (C, size, size) float32, not normalised."""
-        with Image.open(self.samples[index].path) as img:
-            resized = img.convert(self.mode).resize((self.size, self.size), Image.Resampling.BILINEAR)
-            arr = np.asarray(resized, dtype=np.float32) / 255.0  # (H, W) or (H, W, C)
+        """Decoded and resized image in [0, 1], (C, size, size) float32, not normalised.
+
+        A file PIL cannot decode (truncated, corrupt, not an image) raises ``OSError``
+        with its path: PIL's own message ("image file is truncated") does not say
+        which of a million files it was, least of all from inside a worker process.
+        """
+        path = self.samples[index].path
+        try:
+            with Image.open(path) as img:
+                resized = self._convert(img).resize((self.size, self.size), Image.Resampling.BILINEAR)
+                arr = np.array(resized, dtype=np.float32)  # (H, W) or (H, W, C); a writable copy
+        except FileNotFoundError:
+            raise  # already names the path
+        except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as exc:
+            raise OSError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from exc
+        if resized.mode == "F":  # 16-bit grey, already in [0, 1]
+            if self.mode == "RGB":
+                arr = np.repeat(arr[..., None], 3, axis=2)  # grey -> RGB replicates the channel
+        else:
+            arr = arr / 255.0
         # (H, W) -> (1, H, W); HWC -> CHW, the layout conv layers expect
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(arr))
@@ -199,14 +268,20 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def compute_mean_std(
-    samples: Sequence[Sample], *, size: int = 32, mode: str = "L", num_workers: int = 0, batch_size: int = 256
+    samples: Sequence[Sample],
+    *,
+    size: int = 32,
+    mode: str = "L",
+    num_workers: int = 0,
+    batch_size: int = 256,
+    background: tuple[int, int, int] = WHITE,
 ) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the images in [0, 1] (pass the *training* samples only).
 
     One pass, float64 sums of x and x²: the variance ``E[x²] - E[x]²`` is exact
     enough in float64 for values in [0, 1].
     """
-    ds = ImageFolderDataset(samples, size=size, mode=mode)
+    ds = ImageFolderDataset(samples, size=size, mode=mode, background=background)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers)
     total = sq = None
     n = 0
@@ -242,6 +317,7 @@ def make_dataloader(
     rank: int = 0,
     world_size: int = 1,
     distributed: bool | None = None,
+    background: tuple[int, int, int] = WHITE,
 ) -> DataLoader[tuple[Tensor, int]]:
     """A DataLoader over the train (or validation) split of the images under ``root``.
 
@@ -255,11 +331,15 @@ def make_dataloader(
     draws the same permutation as an N-rank run (rank r takes ``perm[r::N]``), so the global
     batches, and the losses, do not depend on N. Training shards drop the tail instead of padding
     it with repeated images (``drop_last``), so no image counts twice in an epoch.
+    ``background`` is the colour transparent pixels are composited onto, for the statistics
+    and the batches alike.
     """
     train_s, val_s = split_samples(list_images(root), val_fraction=val_fraction, seed=split_seed)
     if mean is None or std is None:
-        mean, std = compute_mean_std(train_s, size=size, mode=mode, num_workers=num_workers)
-    ds = ImageFolderDataset(train_s if train else val_s, size=size, mean=mean, std=std, mode=mode)
+        mean, std = compute_mean_std(train_s, size=size, mode=mode, num_workers=num_workers, background=background)
+    ds = ImageFolderDataset(
+        train_s if train else val_s, size=size, mean=mean, std=std, mode=mode, background=background
+    )
     # Two generators: the sampler's alone decides the order (epoch e is the e-th permutation
     # drawn from it). The loader's own draws a base seed per iterator for the workers; with
     # persistent workers that happens once instead of per epoch, so sharing one generator

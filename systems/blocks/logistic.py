@@ -38,10 +38,13 @@ text-classification baseline.
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -68,8 +71,12 @@ class NumpyLogisticRegression:
     """
 
     def __init__(self, C: float = 1.0, *, max_iter: int = 100, tol: float = 1e-8, fit_intercept: bool = True) -> None:
-        if not C > 0:
-            raise ValueError(f"C must be > 0, got {C}")
+        # C = inf is "no penalty": on separable data the optimum is at infinity and Newton
+        # never converges, so it is refused (scikit-learn spells that penalty=None).
+        if not (C > 0 and math.isfinite(C)):
+            raise ValueError(f"C must be a positive finite number, got {C}")
+        if max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {max_iter}")
         self.C = C
         self.max_iter = max_iter
         self.tol = tol
@@ -88,17 +95,35 @@ class NumpyLogisticRegression:
         return float(self.C * np.sum(_log1pexp(z) - y * z) + 0.5 * w @ w)
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> NumpyLogisticRegression:
-        """Fit on features ``X`` (n, d) and labels ``y`` in {0, 1} (n,)."""
-        Xd = self._design(X)  # (n, d[+1])
+        """Fit on features ``X`` (n, d) and labels ``y`` in {0, 1} (n,).
+
+        Refuses what scikit-learn refuses: NaN or infinite features (they turn every
+        coefficient into NaN) and a ``y`` with one class only (the unpenalised intercept
+        would run off to ±inf). Warns with scikit-learn's ``ConvergenceWarning`` when
+        ``max_iter`` Newton steps end before the step falls below ``tol``: the
+        coefficients returned are then not the optimum.
+        """
+        x = np.asarray(X, dtype=np.float64)
         yv = np.asarray(y, dtype=np.float64)
+        if x.ndim != 2:
+            raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {x.shape}")
+        if yv.shape != (x.shape[0],):
+            raise ValueError(f"y must have shape ({x.shape[0]},) to match X, got {yv.shape}")
+        if not np.isfinite(x).all():
+            raise ValueError(f"X must be finite, it contains {'NaN' if np.isnan(x).any() else 'infinity'}")
         if not np.isin(yv, (0.0, 1.0)).all():
             raise ValueError("y must be binary 0/1")
+        classes = np.unique(yv).astype(np.int64).tolist()
+        if len(classes) < 2:
+            raise ValueError(f"y must contain both classes 0 and 1, got classes {classes}")
+        Xd = self._design(x)  # (n, d[+1])
         p_dim = Xd.shape[1]
         reg = np.ones(p_dim)  # ∂²(½‖w‖²): 1 on the weights, 0 on the intercept
         if self.fit_intercept:
             reg[-1] = 0.0
         theta = np.zeros(p_dim)
         obj = self._objective(Xd, yv, theta)
+        last_step = math.inf
         for it in range(1, self.max_iter + 1):
             p = _sigmoid(Xd @ theta)  # (n,)
             grad = self.C * (Xd.T @ (p - yv)) + reg * theta  # (d,)
@@ -115,8 +140,16 @@ class NumpyLogisticRegression:
                 t *= 0.5
             theta, obj = cand, cand_obj
             self.n_iter_ = it
-            if np.max(np.abs(t * step)) < self.tol:
+            last_step = float(np.max(np.abs(t * step)))
+            if last_step < self.tol:
                 break
+        else:
+            warnings.warn(
+                f"Newton did not converge in max_iter={self.max_iter} iterations (last step {last_step:.2e} >= "
+                f"tol={self.tol:g}); increase max_iter, or scale the features",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         if self.fit_intercept:
             self.coef_, self.intercept_ = theta[None, :-1], theta[-1:]
         else:

@@ -198,3 +198,62 @@ def test_property_monotone_in_monotone_out(xs: list[float], gaps: list[float], t
 @given(st.floats(-1e6, 1e6), st.integers(1, 200), st.floats(1e-3, 1.0))
 def test_property_constant_in_constant_out(c: float, n: int, alpha: float) -> None:
     np.testing.assert_allclose(ema(np.full(n, c), alpha), c, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_streaming_rejects_non_finite_values_like_batch(bad: float) -> None:
+    """The online filters refuse what the batch functions refuse, and the state survives the refusal."""
+    f = EMAFilter(0.5)
+    f.update(1.0)
+    with pytest.raises(ValueError, match="x must be finite"):
+        f.update(bad)
+    assert f.update(3.0) == 2.0  # the rejected sample left no trace
+    g = TimeAwareEMA(1.0)
+    g.update(1.0, 0.0)
+    with pytest.raises(ValueError, match="x must be finite"):
+        g.update(bad, 1.0)
+    assert g.state == EMAState(1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="values must be finite"):
+        ema([1.0, bad], 0.5)
+    with pytest.raises(ValueError, match="values must be finite"):
+        time_aware_ema([1.0, bad], [0.0, 1.0], 1.0)
+
+
+@pytest.mark.parametrize("adjust", [False, True])
+def test_streaming_rejects_nan_timestamp(adjust: bool) -> None:
+    """A NaN time compares false with everything: it must not slip past the out-of-order check."""
+    f = TimeAwareEMA(1.0, adjust=adjust)
+    with pytest.raises(ValueError, match="t_s must be finite"):
+        f.update(1.0, math.nan)  # not even as the first sample
+    assert f.state is None
+    f.update(1.0, 5.0)
+    with pytest.raises(ValueError, match="t_s must be finite"):
+        f.update(2.0, math.nan)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        f.update(2.0, 4.0)  # the stored time is still 5.0
+    with pytest.raises(ValueError, match="times_s must be finite"):
+        time_aware_ema([1.0, 2.0], [5.0, math.nan], 1.0, adjust=adjust)
+
+
+def test_pandas_agreement_needs_exact_timestamps() -> None:
+    """The 1e-9 match holds for float seconds since a nearby origin vs datetime64[ms] (present-day dates).
+
+    Epoch float seconds in 2023 resolve only 2**-22 s (2.4e-7 s), and pandas casts the int64 counts
+    of datetime64[ns] to float64 (256 ns steps in 2023): either rounding moves the result by ~1e-7.
+    """
+    x, t_rel = _irregular(2000, seed=7)
+    t_ms = 1_700_000_000_000 + np.round(t_rel * 1000).astype(np.int64)  # Nov 2023, whole milliseconds
+    times = pd.DatetimeIndex(pd.to_datetime(t_ms, unit="ms"))
+    tau = 0.5 / math.log(2)
+
+    def pandas_mean(unit: str) -> np.ndarray:
+        s = pd.Series(x).ewm(halflife=pd.Timedelta(seconds=0.5), times=times.as_unit(unit))
+        return s.mean().to_numpy()
+
+    since_first = (t_ms - t_ms[0]) / 1000.0
+    mine = time_aware_ema(x, since_first, tau, adjust=True)
+    np.testing.assert_allclose(mine, pandas_mean("ms"), rtol=0, atol=TOL)
+    np.testing.assert_allclose(mine, pandas_mean("us"), rtol=0, atol=TOL)
+    assert np.abs(mine - pandas_mean("ns")).max() > 1e-8  # pandas' own rounding of ns counts
+    epoch_s = t_ms / 1000.0
+    assert np.abs(time_aware_ema(x, epoch_s, tau, adjust=True) - pandas_mean("ms")).max() > 1e-8

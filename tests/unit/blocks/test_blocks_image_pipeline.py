@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,11 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
+from torch.utils.data import DataLoader
 
 from systems.blocks.image_pipeline import (
     ImageFolderDataset,
+    Sample,
     compute_mean_std,
     list_images,
     make_dataloader,
@@ -160,3 +163,95 @@ def test_distributed_one_rank_draws_the_global_batches_of_two(root: Path) -> Non
     for b1, b0, br1 in zip(idx_one, idx_r0, idx_r1, strict=True):
         assert sorted(b1) == sorted(b0 + br1)
     assert not set(sampler_r0) & set(sampler_r1)
+
+
+def _one(path: Path, **kw: object) -> ImageFolderDataset:
+    return ImageFolderDataset([Sample(path, 0, 0)], **kw)  # type: ignore[arg-type]
+
+
+def test_truncated_file_error_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "0" / "00007_000.png"
+    path.parent.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, size=(64, 64), dtype=np.uint8)  # incompressible
+    Image.fromarray(noise).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match=re.escape(str(path))):
+        _one(path, size=64).load(0)
+    with pytest.raises(OSError, match=re.escape(str(path))):  # the same from a worker process
+        next(iter(DataLoader(_one(path, size=64), num_workers=1)))
+
+
+def test_sixteen_bit_grey_keeps_its_range(tmp_path: Path) -> None:
+    """A real 16-bit PNG written by Pillow: v / 65535, not clipped at 255 of 65535."""
+    v = np.array([0, 255, 256, 1000, 257 * 128, 40000, 65534, 65535] * 2, dtype=np.uint16).reshape(4, 4)
+    path = tmp_path / "g16.png"
+    Image.fromarray(v).save(path)
+    with Image.open(path) as img:
+        assert img.mode.startswith("I;16")  # it really is 16-bit on disk
+    grey = _one(path, size=4).load(0)  # PIL's resize to the same size is an exact copy
+    assert grey.shape == (1, 4, 4)
+    np.testing.assert_allclose(grey[0].numpy(), v / 65535.0, rtol=0, atol=1e-7)
+    rgb = _one(path, size=4, mode="RGB").load(0)
+    assert rgb.shape == (3, 4, 4)
+    for c in range(3):
+        torch.testing.assert_close(rgb[c], grey[0])
+    # the same picture in 8 bits (the high byte) loads to within one 8-bit step
+    path8 = tmp_path / "g8.png"
+    Image.fromarray((v >> 8).astype(np.uint8)).save(path8)
+    assert float((_one(path8, size=4).load(0) - grey).abs().max()) < 1 / 255
+
+
+def test_alpha_is_composited_onto_the_background(tmp_path: Path) -> None:
+    rgba = np.array(
+        [[[255, 0, 0, 255], [255, 0, 0, 0]], [[0, 0, 255, 128], [0, 255, 0, 51]]], dtype=np.uint8
+    )  # opaque red, transparent red, half-transparent blue, 20%-opaque green
+    path = tmp_path / "a.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+
+    def pixels(**kw: object) -> np.ndarray:
+        x = _one(path, size=2, mode="RGB", **kw).load(0)  # (3, 2, 2) in [0, 1]
+        return np.rint(x.numpy().transpose(1, 2, 0) * 255).astype(int)
+
+    # white default: a·x + (1 - a)·255 with a = alpha / 255, e.g. 255·127/255 = 127
+    assert pixels().tolist() == [[[255, 0, 0], [255, 255, 255]], [[127, 127, 255], [204, 255, 204]]]
+    assert pixels(background=(0, 0, 0)).tolist() == [[[255, 0, 0], [0, 0, 0]], [[0, 0, 128], [0, 51, 0]]]
+    assert pixels(background=(10, 20, 30)).tolist()[0][1] == [10, 20, 30]
+    # grey with alpha into a 1-channel dataset: transparent becomes the (white) page
+    la = tmp_path / "la.png"
+    Image.fromarray(np.array([[[100, 0], [100, 255]], [[0, 0], [0, 255]]], dtype=np.uint8), "LA").save(la)
+    assert np.rint(_one(la, size=2).load(0).numpy() * 255).astype(int).tolist() == [[[255, 100], [255, 0]]]
+    with pytest.raises(ValueError, match="background"):
+        _one(path, background=(0, 0, 256))
+
+
+def test_list_images_matches_extensions_case_insensitively(tmp_path: Path) -> None:
+    img = Image.fromarray(np.full((8, 8), 200, dtype=np.uint8))
+    for rel in ("3/00001_000.PNG", "3/00002_000.jpg", "4/00003_000.JPEG", "4/00004_000.Png"):
+        (tmp_path / rel).parent.mkdir(exist_ok=True)
+        img.save(tmp_path / rel, format="PNG" if rel.lower().endswith("png") else "JPEG")
+    (tmp_path / "4" / "notes.txt").write_text("not an image")
+    samples = list_images(tmp_path)
+    assert [(s.path.name, s.label, s.source) for s in samples] == [
+        ("00001_000.PNG", 3, 1),
+        ("00002_000.jpg", 3, 2),
+        ("00003_000.JPEG", 4, 3),
+        ("00004_000.Png", 4, 4),
+    ]
+    assert [p.name for p in (s.path for s in list_images(tmp_path, extensions=("PNG",)))] == [
+        "00001_000.PNG",
+        "00004_000.Png",
+    ]
+    x, y = ImageFolderDataset(samples, size=8)[1]  # the JPEG decodes too
+    assert y == 3 and abs(float(x.mean()) - 200 / 255) < 0.02
+
+
+@pytest.mark.parametrize("folder", ["cat", "-1", "1.5"])
+def test_non_integer_class_folder_is_a_clear_error(tmp_path: Path, folder: str) -> None:
+    (tmp_path / "0").mkdir()
+    (tmp_path / folder).mkdir()
+    img = Image.fromarray(np.zeros((8, 8), dtype=np.uint8))
+    img.save(tmp_path / "0" / "a.png")
+    img.save(tmp_path / folder / "b.png")
+    with pytest.raises(ValueError, match=rf"class folder .*{re.escape(folder)}.* non-negative integer label"):
+        list_images(tmp_path)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_breast_cancer
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
@@ -84,3 +88,40 @@ def test_workflow_metrics() -> None:
     assert m["accuracy"] >= 0.95 and m["roc_auc"] >= 0.98 and m["f1"] >= 0.93
     assert 1e-3 <= m["best_C"] <= 1e3
     assert m["scratch_max_abs_coef_diff"] < 1e-4
+
+
+def test_warns_when_max_iter_is_hit(scaled: tuple[np.ndarray, np.ndarray]) -> None:
+    """Like scikit-learn: stopping at max_iter warns, since the coefficients are not the optimum."""
+    X, y = scaled
+    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+        short = NumpyLogisticRegression(C=1.0, max_iter=2).fit(X, y)
+    assert short.n_iter_ == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # a converged fit stays silent
+        full = NumpyLogisticRegression(C=1.0).fit(X, y)
+    assert full.n_iter_ < full.max_iter
+    assert np.abs(short.coef_ - full.coef_).max() > 1e-3
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_rejects_non_finite_features(bad: float) -> None:
+    X = np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 1.0], [3.0, 0.0]])
+    X[2, 1] = bad
+    with pytest.raises(ValueError, match="X must be finite"):
+        NumpyLogisticRegression().fit(X, [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("C", [math.inf, math.nan, 0.0, -1.0])
+def test_rejects_c_outside_positive_finite(C: float) -> None:
+    with pytest.raises(ValueError, match="C must be a positive finite number"):
+        NumpyLogisticRegression(C=C)
+
+
+@pytest.mark.parametrize("label", [0, 1])
+def test_rejects_single_class(label: int) -> None:
+    """One class only: the unpenalised intercept has no finite optimum (scikit-learn refuses too)."""
+    X = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(ValueError, match=rf"both classes 0 and 1, got classes \[{label}\]"):
+        NumpyLogisticRegression().fit(X, np.full(20, label))
+    with pytest.raises(ValueError, match="2 classes"):  # the reference agrees
+        LogisticRegression().fit(X, np.full(20, label))
