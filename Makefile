@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-BENCH_DIR ?= .mlsd/bench
 
 .PHONY: install demo test lint format bench clean help
 
@@ -11,7 +10,7 @@ help:
 	@echo "make demo   - set up .venv, fetch data, run every built system's demo"
 	@echo "make test   - set up .venv and run unit, integration and model tests"
 	@echo "make lint   - ruff check, ruff format --check, mypy systems"
-	@echo "make bench  - bench selftest plus every system's benchmark, JSON + PNG in $(BENCH_DIR)"
+	@echo "make bench  - bench selftest, broker and every system's benchmark into systems/*/bench/, then the README numbers"
 
 # Re-installs only when pyproject.toml changes: a quick no-op otherwise.
 $(STAMP): pyproject.toml
@@ -37,11 +36,14 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix systems tests
 	$(BIN)/ruff format systems tests
 
+# Writes the committed results (systems/<name>/bench/<name>.json + .png) and regenerates every README's numbers.
 bench: $(STAMP)
-	$(BIN)/mlsd bench selftest --out $(BENCH_DIR)/selftest.json
+	$(BIN)/mlsd bench selftest
+	$(BIN)/mlsd bench broker
 	@for sys in $$($(BIN)/python -c "from systems.cli import built_systems; print(' '.join(c for _, c, _ in built_systems()))"); do \
-		echo "== mlsd $$sys bench"; $(BIN)/mlsd $$sys bench --out $(BENCH_DIR)/$$sys.json || exit 1; \
+		echo "== mlsd $$sys bench"; $(BIN)/mlsd $$sys bench || exit 1; \
 	done
+	$(BIN)/mlsd bench report
 
 clean:
 	rm -rf $(VENV) .mlsd .pytest_cache .mypy_cache .ruff_cache

@@ -3,7 +3,8 @@
     mlsd --help
     mlsd data list | fetch NAME
     mlsd broker up | status | down
-    mlsd bench selftest --out .mlsd/bench/selftest.json
+    mlsd bench selftest            # the HTTP ceiling: systems/common/bench/common.json (+ .png)
+    mlsd bench report [--check]    # README numbers regenerated from (or checked against) the bench JSON
     mlsd demo                      # every built system's demo in turn, then a summary table
     mlsd <system> ...              # recsys, fraud, dist, blocks: each system's own cli.py, mounted here
 
@@ -204,22 +205,26 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("selftest")
 def bench_selftest(
-    out: Annotated[Path, typer.Option(help="JSON report path (a PNG is written beside it)")] = Path(
-        ".mlsd/bench/selftest.json"
-    ),
+    out: Annotated[
+        Path | None, typer.Option(help="JSON report (a PNG beside it); default: systems/common/bench/common.json")
+    ] = None,
     rates: Annotated[str, typer.Option(help="comma-separated offered rates (requests/s)")] = "250,500,1000,1500,2000",
     duration: Annotated[float, typer.Option(help="measured seconds per rate (after 1 s warm-up)")] = 4.0,
     repeats: Annotated[int, typer.Option(help="runs per rate; the median is reported")] = 3,
 ) -> None:
     """Measure the harness against a no-op endpoint of our FastAPI factory (and a bare ASGI app)."""
-    from systems.common.bench import selftest
+    from systems.common.bench import BenchReport, selftest
 
     rate_list = [float(r) for r in rates.split(",") if r.strip()]
     with console.status("bench selftest") as status:
         result = selftest(
-            out, rates=rate_list, duration_s=duration, repeats=repeats, progress=lambda m: status.update(m)
+            BenchReport("common", out=out),
+            rates=rate_list,
+            duration_s=duration,
+            repeats=repeats,
+            progress=lambda m: status.update(m),
         )
-    table = Table(title=f"bench selftest (ceiling {result['ceiling_rps']:g} rps) → {out}")
+    table = Table(title=f"bench selftest (ceiling {result['ceiling_rps']:g} rps)")
     for col in ("offered rps", "achieved rps", "p50 ms", "p95 ms", "p99 ms", "errors", "bare ASGI p99 ms"):
         table.add_column(col, justify="right")
     for run, base in zip(result["runs"], result["baseline"]["runs"], strict=True):
@@ -238,14 +243,14 @@ def bench_selftest(
 
 @bench_app.command("broker")
 def bench_broker(
-    out: Annotated[Path, typer.Option(help="JSON report path")] = Path(".mlsd/bench/broker.json"),
+    out: Annotated[Path | None, typer.Option(help="JSON report; default: systems/common/bench/common.json")] = None,
     messages: Annotated[int, typer.Option(help="messages per client and run")] = 100_000,
     repeats: Annotated[int, typer.Option(help="runs per client; the median is reported")] = 3,
 ) -> None:
     """Produce/consume msg/s and group-join time for both Kafka clients on a fresh local tansu broker."""
     import statistics
 
-    from systems.common.bench import write_report
+    from systems.common.bench import BenchReport
     from systems.common.broker import LocalBroker, measure_round_trip
     from systems.common.proc import free_port
 
@@ -263,8 +268,8 @@ def bench_broker(
     result["ratio_confluent_vs_kafka_python"] = {
         k: round(result["clients"]["confluent"][k] / base[k], 2) for k in ("produce_msg_per_s", "consume_msg_per_s")
     }
-    write_report(result, out)
-    table = Table(title=f"broker round trip, {messages:,} × 200 B, median of {repeats} → {out}")
+    BenchReport("common", out=out).section("broker", result)
+    table = Table(title=f"broker round trip, {messages:,} × 200 B, median of {repeats}")
     for col in ("client", "produce msg/s", "consume msg/s", "group join s"):
         table.add_column(col, justify="right")
     for client, r in result["clients"].items():
@@ -277,6 +282,25 @@ def bench_broker(
     console.print(table)
 
 
+@bench_app.command("report")
+def bench_report(
+    check: Annotated[bool, typer.Option("--check", help="only check; exit 1 if a README number disagrees")] = False,
+) -> None:
+    """Regenerate every README's measured numbers from the committed bench JSON (``systems/*/bench/*.json``)."""
+    from systems.common.bench import report_readmes
+
+    try:
+        mismatches = report_readmes(write=not check)
+    except KeyError as exc:
+        raise MlsdError(str(exc.args[0])) from exc
+    if check and mismatches:
+        for m in mismatches:
+            err_console.print(str(m))
+        raise MlsdError(f"{len(mismatches)} README number(s) disagree with the bench JSON: run `mlsd bench report`")
+    verb = "agree with" if check else "regenerated from"
+    console.print(f"[green]✓[/] README numbers {verb} the committed bench JSON ({len(mismatches)} changed)")
+
+
 # ------------------------------------------------------------------------------------------------ demo
 
 
@@ -284,7 +308,7 @@ def foundation_demo() -> list[tuple[str, str]]:
     """Fetch data, start a broker, round-trip 10k messages through a consumer group, run a short selftest."""
     import tempfile
 
-    from systems.common.bench import selftest
+    from systems.common.bench import BenchReport, selftest
     from systems.common.broker import LocalBroker, measure_round_trip
     from systems.common.data import LOADERS
     from systems.common.proc import free_port
@@ -310,7 +334,8 @@ def foundation_demo() -> list[tuple[str, str]]:
                 )
             )
     with console.status("bench selftest (short)"), tempfile.TemporaryDirectory() as tmp:
-        result = selftest(Path(tmp) / "selftest.json", rates=(250, 1000), duration_s=2, repeats=1)
+        report = BenchReport("common", out=Path(tmp) / "common.json")
+        result = selftest(report, rates=(250, 1000), duration_s=2, repeats=1)
     lat = result["latency_ms"]
     rows.append(("bench selftest", f"{result['achieved_rps']:g} rps served, p99 {lat['p99']:.1f} ms"))
     return rows

@@ -180,7 +180,7 @@ def plot_bench(result: dict[str, Any], png: Path) -> None:
 
 
 def run_bench(
-    out: Path,
+    out: Path | None,
     *,
     data_dir: Path,
     seq_lens: Sequence[int] = (128, 256, 512, 1024, 2048),
@@ -193,9 +193,10 @@ def run_bench(
     limit: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run both benchmarks, write ``out`` (JSON, flat dotted keys) and a PNG beside it."""
+    """Run both benchmarks; the ``attention`` and ``pipeline`` sections go to ``out`` (default: the committed
+    ``systems/blocks/bench/blocks.json``) with a PNG beside it. Returns the flat dotted-key result."""
     from systems.blocks.image_pipeline import write_digits_images
-    from systems.common.bench import write_report
+    from systems.common.bench import BenchReport
 
     say = progress or (lambda _msg: None)
     say("attention")
@@ -218,5 +219,9 @@ def run_bench(
         "repeats": repeats,
         "statistic": "median",
     }
-    write_report(result, out, plot=lambda png: plot_bench(result, png))
+    report = BenchReport("blocks", out=out)
+    for section in ("attention", "pipeline"):
+        flat = {k.removeprefix(f"{section}."): v for k, v in result.items() if k.startswith(f"{section}.")}
+        report.section(section, {**flat, "config": result["config"][section]})
+    report.plot(lambda png: plot_bench(result, png))
     return result

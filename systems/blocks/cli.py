@@ -1,7 +1,7 @@
 """``mlsd blocks``: run and benchmark the five ML-coding-round blocks.
 
 mlsd blocks demo                                  # each block briefly, checked against its reference
-mlsd blocks bench --out .mlsd/bench/blocks.json   # attention timing + pipeline throughput (JSON + PNG)
+mlsd blocks bench        # attention timing + pipeline throughput -> systems/blocks/bench/blocks.json (+ PNG)
 python -m systems.blocks.logistic                 # the logistic-regression workflow script
 """
 
@@ -134,9 +134,9 @@ def demo() -> None:
 
 @app.command()
 def bench(
-    out: Annotated[Path, typer.Option(help="JSON report path (a PNG is written beside it)")] = Path(
-        ".mlsd/bench/blocks.json"
-    ),
+    out: Annotated[
+        Path | None, typer.Option(help="JSON report (a PNG beside it); default: systems/blocks/bench/blocks.json")
+    ] = None,
     seq_lens: Annotated[str, typer.Option(help="comma-separated attention sequence lengths")] = "128,256,512,1024,2048",
     workers: Annotated[str, typer.Option(help="comma-separated DataLoader num_workers")] = "0,1,2",
     copies: Annotated[int, typer.Option(help="copies of the 1,797 digits written as PNG")] = 2,
@@ -165,7 +165,7 @@ def bench(
             progress=lambda m: status.update(f"blocks bench: {m}"),
         )
     seq = sorted({int(k.split(".")[1]) for k in result if k.startswith("attention.")})
-    table = Table(title=f"attention forward, (1, 8, T, 64) fp32, {threads} thread(s) → {out}")
+    table = Table(title=f"attention forward, (1, 8, T, 64) fp32, {threads} thread(s)")
     for col in ("T", "scratch ms", "SDPA ms", "ratio", "(B,H,T,T) MiB", "peak MiB scratch", "peak MiB SDPA"):
         table.add_column(col, justify="right")
     for t in seq:
@@ -186,4 +186,4 @@ def bench(
     for key in sorted(k for k in result if k.startswith("pipeline.images_per_s.")):
         pipe.add_row(key.rsplit(".", 1)[1], f"{result[key]:,.0f}")
     console.print(pipe)
-    console.print(f"wrote {out} and {out.with_suffix('.png')}")
+    console.print(f"wrote {out or 'systems/blocks/bench/blocks.json'} and its PNG")

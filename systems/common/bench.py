@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -239,6 +240,219 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------------- committed bench reports
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The checkout this package runs from (an editable install); bench reports and READMEs live in it."""
+
+
+def default_bench_path(system: str) -> Path:
+    """Where a system's committed bench result lives: ``systems/<name>/bench/<name>.json`` (PNG beside it)."""
+    return REPO_ROOT / "systems" / system / "bench" / f"{system}.json"
+
+
+def git_sha() -> str | None:
+    """The commit of the code being measured (``+dirty`` when the work tree has uncommitted changes)."""
+    import subprocess
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+def current_command() -> str:
+    """The command line that is running, as a user would type it (``mlsd fraud bench --quick``)."""
+    import shlex
+
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name == "mlsd":
+        argv[0] = "mlsd"
+    return shlex.join(argv)
+
+
+def provenance(command: str | None = None) -> dict[str, Any]:
+    """What a reader needs to reproduce a number: the command, the code version and the machine's load."""
+    return {"command": command or current_command(), "git_sha": git_sha(), "machine": machine_info()}
+
+
+class BenchReport:
+    """One system's bench result, written section by section, each section with its own provenance.
+
+    ``section(name, data)`` stores ``data`` under ``name`` with a ``provenance`` entry (command, git sha,
+    machine, load average) and rewrites the JSON at once, so an interrupted run keeps what it measured.
+    Sections that this run does not measure are kept from the existing file with *their* provenance: a
+    ``--only ray`` re-run updates one section honestly, and nothing is stitched together by hand.
+    """
+
+    def __init__(self, system: str, *, out: Path | None = None, command: str | None = None) -> None:
+        self.system = system
+        self.path = Path(out) if out is not None else default_bench_path(system)
+        self.command = command or current_command()
+        self.data: dict[str, Any] = {}
+        if self.path.exists():
+            try:
+                self.data = json.loads(self.path.read_text())
+            except json.JSONDecodeError:
+                self.data = {}
+        self.data["system"] = system
+
+    @property
+    def png(self) -> Path:
+        return self.path.with_suffix(".png")
+
+    def section(self, name: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Store one measured section (with provenance) and write the file; returns the stored dict."""
+        stored = {**data, "provenance": provenance(self.command)}
+        self.data[name] = stored
+        self.write()
+        return stored
+
+    def get(self, name: str) -> Any:
+        return self.data.get(name)
+
+    def write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
+        tmp.replace(self.path)
+
+    def plot(self, draw: Callable[[Path], None]) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        draw(self.png)
+        return self.png
+
+
+# ------------------------------------------------------------------------------- README numbers from JSON
+
+# A measured number in a README is written ``<!--m:KEY|FMT-->VALUE<!--/m-->``: KEY is a dotted path into the
+# system's committed bench JSON (``quality.xgboost.ap``), or ``system:path`` for another system's; FMT is an
+# optional Python format spec (``.3f``, ``,.0f``, ``.1%``). ``mlsd bench report`` rewrites every VALUE from the
+# JSON, and ``--check`` (run by the tests) fails on any that disagree: a README number is never typed.
+MARKER = re.compile(r"<!--m:(?P<key>[^|>]+?)(?:\|(?P<fmt>[^>]*?))?-->(?P<value>.*?)<!--/m-->", re.DOTALL)
+
+
+def lookup(doc: Any, key: str) -> Any:
+    """``doc`` at a dotted ``key``; a key segment may itself contain dots (``p99.9``) or be a list index."""
+    parts = key.split(".")
+    node, i = doc, 0
+    while i < len(parts):
+        if isinstance(node, dict):
+            for j in range(len(parts), i, -1):  # longest match first: "1.5" before "1"
+                candidate = ".".join(parts[i:j])
+                if candidate in node:
+                    node, i = node[candidate], j
+                    break
+            else:
+                raise KeyError(key)
+        elif isinstance(node, list) and parts[i].lstrip("-").isdigit():
+            node, i = node[int(parts[i])], i + 1
+        else:
+            raise KeyError(key)
+    return node
+
+
+def format_value(value: Any, fmt: str | None = None) -> str:
+    """A JSON value as README text: a format spec when given, else ints with separators, floats to 3 digits."""
+    if isinstance(value, list):
+        return "–".join(format_value(v, fmt) for v in value)
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if fmt:
+        return format(value, fmt)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+@dataclass
+class Mismatch:
+    readme: Path
+    key: str
+    written: str
+    measured: str
+
+    def __str__(self) -> str:
+        return f"{self.readme}: {self.key} says {self.written!r}, the bench JSON says {self.measured!r}"
+
+
+def render_readme(
+    text: str, load: Callable[[str], dict[str, Any]], default_system: str | None, readme: Path = Path("README.md")
+) -> tuple[str, list[Mismatch]]:
+    """``text`` with every marker's value regenerated, and the markers whose written value was different.
+
+    ``load(system)`` returns that system's bench JSON. A key that is missing from the JSON raises
+    ``KeyError`` naming the README: a number with no measurement behind it is an error, not a blank.
+    """
+    mismatches: list[Mismatch] = []
+
+    def replace(match: re.Match[str]) -> str:
+        key, fmt, written = match["key"].strip(), match["fmt"], match["value"]
+        system, _, path = key.rpartition(":")
+        system = system or (default_system or "")
+        if not system:
+            raise KeyError(f"{readme}: marker {key!r} names no system (write system:path)")
+        try:
+            measured = format_value(lookup(load(system), path), fmt)
+        except (KeyError, IndexError) as exc:
+            raise KeyError(f"{readme}: {key!r} is not in the {system} bench JSON") from exc
+        if written != measured:
+            mismatches.append(Mismatch(readme, key, written, measured))
+        return match.group(0).replace(f"-->{written}<!--/m-->", f"-->{measured}<!--/m-->")
+
+    return MARKER.sub(replace, text), mismatches
+
+
+def readme_paths(root: Path = REPO_ROOT) -> list[tuple[Path, str | None]]:
+    """Every README with measured numbers, and the system whose JSON its bare keys refer to."""
+    out: list[tuple[Path, str | None]] = [(root / "README.md", None)]
+    out += [(p, p.parent.name) for p in sorted((root / "systems").glob("*/README.md"))]
+    return out
+
+
+def report_readmes(root: Path = REPO_ROOT, *, write: bool = True) -> list[Mismatch]:
+    """Regenerate (``write``) or only check every README's measured numbers; returns what disagreed."""
+    cache: dict[str, dict[str, Any]] = {}
+
+    def load(system: str) -> dict[str, Any]:
+        if system not in cache:
+            path = root / "systems" / system / "bench" / f"{system}.json"
+            if not path.exists():
+                raise KeyError(f"no committed bench JSON at {path}")
+            cache[system] = json.loads(path.read_text())
+        return cache[system]
+
+    found: list[Mismatch] = []
+    for readme, system in readme_paths(root):
+        if not readme.exists():
+            continue
+        text = readme.read_text()
+        new, mismatches = render_readme(text, load, system, readme.relative_to(root))
+        found += mismatches
+        if write and new != text:
+            readme.write_text(new)
+    return found
+
+
 def write_report(result: dict[str, Any], out: Path, *, plot: Callable[[Path], None] | None = None) -> Path | None:
     """Write ``result`` as JSON to ``out`` and, when ``plot`` is given, a PNG beside it; returns the PNG path."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -326,14 +540,14 @@ def ceiling(runs: Sequence[LoadResult], *, min_ratio: float = 0.95, max_p99_ms: 
 
 
 def selftest(
-    out: Path,
+    report: BenchReport,
     *,
     rates: Sequence[float] = (250, 500, 1000, 2000, 3000),
     duration_s: float = 4.0,
     repeats: int = 3,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Measure the harness + our FastAPI factory (and a bare ASGI app) on 127.0.0.1; write JSON + PNG."""
+    """Measure the harness + our FastAPI factory (and a bare ASGI app) on 127.0.0.1; a ``selftest`` section + PNG."""
     from systems.common.http import ServerProcess
 
     def measure(factory: str) -> list[LoadResult]:
@@ -368,11 +582,10 @@ def selftest(
         },
         "settings": {"rates": list(rates), "duration_s": duration_s, "repeats": repeats},
     }
-    write_report(
-        result,
-        out,
-        plot=lambda png: plot_latency_vs_rate(
+    report.section("selftest", result)
+    report.plot(
+        lambda png: plot_latency_vs_rate(
             system, png, "bench selftest: no-op endpoint", baseline, "bare ASGI", "FastAPI factory"
-        ),
+        )
     )
     return result

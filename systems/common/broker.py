@@ -190,6 +190,11 @@ class Producer(Protocol):
 
 
 class Consumer(Protocol):
+    assigned: threading.Event
+    """Set once the group coordinator has given this member its partitions (possibly none): from then on a
+    message produced to the topics reaches this consumer without waiting for a group join. Readiness is
+    this event, never a sleep."""
+
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Record]: ...
     def commit(self) -> None: ...
     def close(self) -> None: ...
@@ -291,7 +296,9 @@ class _ConfluentConsumer:
         }
         config.update(overrides)
         self._consumer = CConsumer(config)
-        self._consumer.subscribe(list(topics))
+        self.assigned = threading.Event()
+        # The callback runs inside consume(), on the polling thread, once the rebalance has completed.
+        self._consumer.subscribe(list(topics), on_assign=lambda _c, _parts: self.assigned.set())
         self._pending: dict[tuple[str, int], int] = {}
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Record]:
@@ -339,7 +346,20 @@ class _KafkaPythonConsumer:
             "bootstrap_timeout_ms": 10_000,
         }
         config.update(overrides)
-        self._consumer = KafkaConsumer(*topics, **config)
+        self._consumer = KafkaConsumer(**config)
+        self.assigned = threading.Event()
+        from kafka import ConsumerRebalanceListener
+
+        assigned = self.assigned
+
+        class _OnAssign(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                pass
+
+            def on_partitions_assigned(self, partitions: Any) -> None:
+                assigned.set()
+
+        self._consumer.subscribe(list(topics), listener=_OnAssign())
         self._pending: dict[tuple[str, int], int] = {}
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Record]:
@@ -469,6 +489,7 @@ def run_consumer_loop(
     max_records: int = 500,
     commit_interval_s: float = 0.0,
     before_commit: Callable[[], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> None:
     """At-least-once processing: poll → decode (bad → DLQ) → ``handle(batch)`` → flush → commit.
 
@@ -482,6 +503,7 @@ def run_consumer_loop(
     often, and whenever the topic goes idle, so a crash re-delivers at most that much work.
     ``before_commit`` runs first at each commit point: the place for a handler that buffers its results to make
     them durable (one store transaction per commit instead of per batch).
+    ``on_ready`` is called once, when the group has assigned this consumer its partitions (readiness).
     """
 
     def commit() -> None:
@@ -494,6 +516,9 @@ def run_consumer_loop(
     last_commit = time.monotonic()
     while not stop.is_set():
         records = consumer.poll(timeout_s=poll_timeout_s, max_records=max_records)
+        if on_ready is not None and consumer.assigned.is_set():
+            on_ready()
+            on_ready = None
         if records:
             batch = decode_batch(producer, records, schema)
             if batch:

@@ -1,7 +1,8 @@
 """``mlsd fraud bench --out FILE.json``: simulator, quality table, streaming, API and fault numbers.
 
 Every number comes from a real run on this machine: the handbook-size simulation (1.75 M rows), the
-model x imbalance-strategy table on the handbook's protocol, scorer subprocesses consuming from a
+configuration chosen on the validation block and scored once on the handbook's test week (with the full
+model x imbalance-strategy table on both, the test one informational), scorer subprocesses consuming from a
 tansu broker, uvicorn serving ``/score`` under open-loop load, and a SIGKILL/restart run.
 ``--quick`` shrinks every part (a smoke run, not numbers to publish). The streaming and API parts run
 ``repeats`` times (fresh topics, scorer and server each time) and report the per-metric **median**; every
@@ -31,17 +32,20 @@ from systems.common.errors import MlsdError
 from systems.common.proc import free_port
 from systems.fraud.data import SECONDS_PER_DAY, SimulatorConfig, handbook, simulate, small, write_dataset
 from systems.fraud.features import FEATURES
+from systems.fraud.model import MODELS
 from systems.fraud.replay import replay
 from systems.fraud.settings import FraudSettings
 from systems.fraud.store import DecisionStore
 from systems.fraud.stream import decision_store_url, fraud_topics
 from systems.fraud.train import (
     HANDBOOK_PUBLISHED,
+    SELECTION_METRIC,
     SplitConfig,
     add_features,
     best_by_ap,
     compare_strategies,
     delayed_split,
+    select_and_register,
     train_champion,
 )
 
@@ -52,40 +56,35 @@ def _day_start(tx: pd.DataFrame, day: int) -> int:
     return int(tx["ts_s"].min()) // SECONDS_PER_DAY * SECONDS_PER_DAY + day * SECONDS_PER_DAY
 
 
-def _settings_env(settings: FraudSettings) -> dict[str, str]:
-    return {f"MLSD_FRAUD_{k.upper()}": str(v) for k, v in settings.model_dump().items() if v is not None}
-
-
 def _scoped(base: FraudSettings, tag: str) -> FraudSettings:
-    u = f"{tag}-{uuid.uuid4().hex[:6]}"
-    return base.model_copy(
-        update={
-            "transactions_topic": f"tx-{u}",
-            "decisions_topic": f"dec-{u}",
-            "labels_topic": f"lab-{u}",
-            "predictions_topic": f"pred-{u}",
-            "group_id": f"scorer-{u}",
-            "decision_store_url": f"sqlite:///{(base.data_dir / 'fraud' / f'bench-{u}.db').resolve()}",
-        }
+    """Settings private to one bench section: its own topics, group and decision store."""
+    s = base.scoped(f"{tag}-{uuid.uuid4().hex[:6]}")
+    return s.model_copy(
+        update={"decision_store_url": f"sqlite:///{(base.data_dir / 'fraud' / f'bench-{s.run_id}.db').resolve()}"}
     )
 
 
 def _start_scorers(settings: FraudSettings, n: int, log: Path, warm_until_s: int) -> list[subprocess.Popen[bytes]]:
-    env = {**os.environ, **_settings_env(settings)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "systems.fraud.stream",
-        "--history",
-        str(settings.history),
-        "--warm-until-s",
-        str(warm_until_s),
-    ]
+    """Start ``n`` scorer processes and wait until the group has assigned every one its partitions."""
+    env = {**os.environ, **settings.to_env()}
     log.parent.mkdir(parents=True, exist_ok=True)
-    return [
-        subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        for _ in range(n)
-    ]
+    ready = [log.parent / f"{settings.run_id}-scorer-{uuid.uuid4().hex[:6]}.ready" for _ in range(n)]
+    procs = []
+    for flag in ready:
+        cmd = [sys.executable, "-m", "systems.fraud.stream", "--history", str(settings.history)]
+        cmd += ["--warm-until-s", str(warm_until_s), "--ready-file", str(flag)]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        )
+    deadline = time.monotonic() + 180
+    while not all(f.exists() for f in ready):
+        if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+            _stop(procs)
+            raise MlsdError(f"a scorer exited or did not join its group within 180 s; see {log}")
+        time.sleep(0.05)
+    for f in ready:
+        f.unlink()
+    return procs
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -140,7 +139,6 @@ def bench_stream_throughput(
     store = DecisionStore(decision_store_url(s))
     try:
         warm = _scorer_ready(store, producer, s, tx, start, procs)
-        time.sleep(4.0)  # let a second scorer finish joining (rebalance) before the timed part
         sent = replay(s, producer, tx, start_s=start, end_s=start + 60 * SECONDS_PER_DAY, limit=n_tx, send_labels=False)
         t0 = time.perf_counter()
         got = _wait_count(store, warm + sent.transactions, 600, procs)
@@ -222,32 +220,49 @@ def bench_fault(
         at_kill = store.count()[0]
         procs = _start_scorers(s, 1, log, start)
         _wait_count(store, sent.transactions, 600, procs)
-        time.sleep(2.0)  # any late re-delivery would show up now
-        rows, distinct = store.count()
     finally:
-        _stop(procs)
+        _stop(procs)  # a clean stop: every re-delivery has happened by now
+    rows, _ = store.count()
     ids = set(store.frame()["tx_id"].tolist())
     store.close()
     expected = set(tx[(tx["ts_s"] >= start)].sort_values(["ts_s", "tx_id"]).head(n_tx)["tx_id"].tolist())
-    # the decisions *topic* is at-least-once: count how many were re-published after the restart
-    consumer = make_consumer(s, [s.decisions_topic], f"count-{uuid.uuid4().hex[:6]}")
-    seen: list[int] = []
-    idle, deadline = 0, time.monotonic() + 60
-    while time.monotonic() < deadline and (not seen or idle < 10):  # the group join alone takes ~3 s
-        recs = consumer.poll(0.3, 5000)
-        idle = 0 if recs else idle + 1
-        seen.extend(json.loads(r.value)["tx_id"] for r in recs)
-    consumer.close()
+    # Duplicates are counted where they can occur: on the topics. The store's primary key makes a duplicate
+    # row impossible, so its count is the exactly-once *result*, and the topics show the at-least-once cost.
+    decisions = _read_topic(s, s.decisions_topic)
+    transactions = _read_topic(s, s.transactions_topic)
     producer.close()
+    scores: dict[int, set[float]] = {}
+    for d in decisions:
+        scores.setdefault(int(d["tx_id"]), set()).add(float(d["score"]))
+    tx_ids = [int(t["tx_id"]) for t in transactions]
     return {
         "sent": sent.transactions,
         "decided_before_kill": at_kill,
         "decisions_stored": rows,
         "lost": len(expected - ids),
-        "duplicates": rows - distinct,
-        "topic_messages": len(seen),
-        "topic_redelivered": len(seen) - len(set(seen)),
+        "stored_exactly_once": rows == len(expected) and ids == expected,
+        "topic_messages": len(decisions),
+        "topic_lost": len(expected - set(scores)),
+        "topic_duplicates": len(decisions) - len(scores),
+        "topic_duplicates_with_other_score": sum(1 for v in scores.values() if len(v) > 1),
+        "produce_duplicates": len(tx_ids) - len(set(tx_ids)),
     }
+
+
+def _read_topic(settings: FraudSettings, topic: str, idle_polls: int = 10) -> list[dict[str, Any]]:
+    """Every message on ``topic`` (a fresh group from the start), until the topic has been idle a while."""
+    consumer = make_consumer(settings, [topic], f"count-{uuid.uuid4().hex[:6]}")
+    out: list[dict[str, Any]] = []
+    idle, deadline = 0, time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and idle < idle_polls:
+            recs = consumer.poll(0.3, 5000)
+            out.extend(json.loads(r.value) for r in recs)
+            if consumer.assigned.is_set():  # idle only counts once the group join is over
+                idle = 0 if recs else idle + 1
+    finally:
+        consumer.close()
+    return out
 
 
 def bench_api(
@@ -273,7 +288,7 @@ def bench_api(
         }
 
     out: dict[str, Any] = {}
-    with ServerProcess("systems.fraud.serve:create_app", env=_settings_env(s), log_path=log) as server:
+    with ServerProcess("systems.fraud.serve:create_app", env=s.to_env(), log_path=log) as server:
         for rate in rates:
             res = run_async(
                 http_load(
@@ -282,6 +297,98 @@ def bench_api(
             )
             out[str(rate)] = {"achieved_rps": res.achieved_rps, "errors": res.errors, "latency_ms": res.latency_ms}
     return out
+
+
+HEADLINE_METRICS = ("auc", "ap", "cp@100")
+
+
+def _protocol(split_cfg: SplitConfig, frame: pd.DataFrame, scored: str) -> dict[str, Any]:
+    """Days (first, last inclusive) and row counts of one protocol; ``scored`` names its scored period."""
+    split = delayed_split(frame, split_cfg)
+    days = split_cfg.periods()
+    days[scored] = days.pop("scored")
+    return {
+        "days": days,
+        "fit_rows": len(split.fit),
+        "calib_rows": len(split.calib),
+        f"{scored}_rows": len(split.test),
+        f"{scored}_frauds": int(split.test["fraud"].sum()),
+    }
+
+
+def bench_quality(
+    settings: FraudSettings,
+    frame: pd.DataFrame,
+    split_cfg: SplitConfig,
+    *,
+    models: tuple[str, ...] = MODELS,
+    strategies: tuple[str, ...] | None = None,
+    fit_params: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The quality section: what ``mlsd fraud train`` deploys, and how it was chosen.
+
+    The configuration is chosen on the validation block only and registered as ``champion``; the
+    ``headline`` is that champion's test numbers. The full model x strategy table on test is kept as
+    information (``test_table_not_used_for_selection``), with the best of it
+    (``best_on_test_not_used_for_selection``): what choosing on test would have claimed.
+    """
+    run = select_and_register(settings, frame, split_cfg, models=models, strategies=strategies, fit_params=fit_params)
+    sel = run.selection
+    test_table = compare_strategies(
+        delayed_split(frame, split_cfg), models, strategies=strategies, fit_params=fit_params
+    )
+    return {
+        "headline": {
+            "kind": sel.kind,
+            "strategy": sel.strategy,
+            "version": run.version,
+            **{k: run.test[k] for k in HEADLINE_METRICS},
+        },
+        "champion": {
+            "version": run.version,
+            "params": sel.params(),
+            "validation": sel.table[sel.kind][sel.strategy],
+            "test": run.test,
+        },
+        "per_model": {
+            kind: {"strategy": strategy, "validation": sel.table[kind][strategy], "test": run.per_model_test[kind]}
+            for kind, strategy in sel.per_model.items()
+        },
+        "selection": {
+            "on": "validation",
+            "metric": SELECTION_METRIC,
+            "rule": "each model's strategy, then the model kind, by the highest validation AP (ties: listed first)",
+            "hyper_parameters": "fixed (model.py defaults); none searched",
+            "candidates": {kind: list(rows) for kind, rows in sel.table.items()},
+        },
+        "validation_table": sel.table,
+        "test_table_not_used_for_selection": test_table,
+        "best_on_test_not_used_for_selection": best_by_ap(test_table),
+        "protocol": {
+            "split": asdict(split_cfg),
+            "validation": _protocol(sel.config, frame, "validation"),
+            "test": _protocol(split_cfg, frame, "test"),
+        },
+        "handbook_published": HANDBOOK_PUBLISHED,
+    }
+
+
+def _bench_champion(
+    base: FraudSettings, frame: pd.DataFrame, split_cfg: SplitConfig, stored: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The champion the stream and API parts score with: the validation-selected configuration.
+
+    Without a quality run in this invocation, the configuration recorded by the last one is refit (no
+    selection grid for a latency run); with no record at all, selection runs.
+    """
+    version: str | None
+    if stored and "headline" in stored:
+        kind, strategy = stored["headline"]["kind"], stored["headline"]["strategy"]
+        _, version, metrics = train_champion(base, frame, split_cfg, kind=kind, strategy=strategy)
+    else:
+        run = select_and_register(base, frame, split_cfg)
+        kind, strategy, version, metrics = run.selection.kind, run.selection.strategy, run.version, run.test
+    return {"version": version, "kind": kind, "strategy": strategy, "ap": metrics["ap"]}
 
 
 def _median_latency(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -311,14 +418,20 @@ def _plot(result: dict[str, Any]) -> Any:
 
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         ax = axes[0]
-        table = result.get("quality_by_strategy", {})
-        labels, aps = [], []
-        for kind, rows in table.items():
+        quality = result.get("quality", {})
+        val, test = quality.get("validation_table", {}), quality.get("test_table_not_used_for_selection", {})
+        head = quality.get("headline", {})
+        labels, val_ap, test_ap = [], [], []
+        for kind, rows in val.items():
             for strat, m in rows.items():
-                labels.append(f"{kind}\n{strat}")
-                aps.append(m["ap"])
-        ax.bar(range(len(aps)), aps, color="tab:blue")
-        ax.set_xticks(range(len(aps)), labels, rotation=90, fontsize=7)
+                chosen = (kind, strat) == (head.get("kind"), head.get("strategy"))
+                labels.append(f"{kind}\n{strat}{' *' if chosen else ''}")
+                val_ap.append(m["ap"])
+                test_ap.append(test.get(kind, {}).get(strat, {}).get("ap", 0.0))
+        x = np.arange(len(labels))
+        ax.bar(x - 0.2, val_ap, 0.4, color="tab:blue", label="validation AP (selects)")
+        ax.bar(x + 0.2, test_ap, 0.4, color="tab:orange", label="test AP (reported; * = champion)")
+        ax.set_xticks(x, labels, rotation=90, fontsize=7)
         for name, ref in HANDBOOK_PUBLISHED.items():
             ax.axhline(
                 ref["ap"],
@@ -327,8 +440,8 @@ def _plot(result: dict[str, Any]) -> Any:
                 color="tab:red" if name == "xgboost" else "tab:gray",
                 label=f"handbook {name} AP {ref['ap']}",
             )
-        ax.set_ylabel("Average Precision (test week)")
-        ax.set_title("model x imbalance strategy")
+        ax.set_ylabel("Average Precision")
+        ax.set_title("model x imbalance strategy: chosen on validation, reported on test")
         ax.legend(fontsize=7)
         ax = axes[1]
         for key, marker in (("stream", "o"), ("api", "s")):
@@ -360,7 +473,7 @@ def run_bench(
 ) -> dict[str, Any]:
     """Run the selected parts and write JSON + PNG; returns the result dict."""
     from systems.common import registry
-    from systems.common.bench import write_report
+    from systems.common.bench import BenchReport, write_report
 
     base = settings or FraudSettings()
     base.ensure_dirs()
@@ -388,24 +501,19 @@ def run_bench(
     result["features"] = {"batch_seconds": round(time.perf_counter() - t0, 2), "n_features": len(FEATURES)}
     split_cfg = SplitConfig() if not quick else SplitConfig(start_day=31, train_days=9, calib_days=2, test_days=7)
 
-    if "quality" in parts:
-        split = delayed_split(frame, split_cfg)
-        table = compare_strategies(split)
-        best = best_by_ap(table)
-        result["quality_by_strategy"] = table
-        result["quality"] = best
-        result["quality_protocol"] = {
-            **asdict(split_cfg),
-            "fit_rows": len(split.fit),
-            "test_rows": len(split.test),
-            "test_frauds": int(split.test["fraud"].sum()),
-        }
-        result["handbook_published"] = HANDBOOK_PUBLISHED
-
     registry.configure(base)
+    # smoke runs never touch the committed report (systems/fraud/bench/fraud.json)
+    report = None if quick else BenchReport("fraud")
+    if "quality" in parts:
+        result["quality"] = bench_quality(base, frame, split_cfg)  # registers the champion
+        if report is not None:
+            report.section("quality", result["quality"])
+            report.plot(_plot(report.data))
+        h = result["quality"]["headline"]
+        result["champion"] = {k: h[k] for k in ("version", "kind", "strategy", "ap")}
+    else:
+        result["champion"] = _bench_champion(base, frame, split_cfg, None if report is None else report.get("quality"))
     start_day = 45 if quick else STREAM_START_DAY
-    _, version, metrics = train_champion(base, frame, split_cfg)
-    result["champion"] = {"version": version, "kind": "xgboost", "strategy": "none", "ap": metrics["ap"]}
     tx = sim.transactions
 
     broker = LocalBroker(free_port(), log_path=logs / "tansu.log")

@@ -1,7 +1,7 @@
 """``mlsd fraud``: simulate | train | up | replay | retrain | bench | demo.
 
 mlsd fraud simulate                       # handbook dataset -> .mlsd/datasets/fraud/*.parquet (~1 s)
-mlsd fraud train --compare                # model x imbalance table; registers the champion in MLflow
+mlsd fraud train --compare                # choose on validation, score on test, register the champion
 mlsd broker up && mlsd fraud up --scorers 2 --api   # scorers + label sink (+ API) until Ctrl-C
 mlsd fraud replay --rate 2000 --days 1    # transactions and their late labels into Kafka
 mlsd fraud retrain --if-ap-below 0.6      # retrain on matured labels, gate, move `champion`
@@ -20,6 +20,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from systems.common.errors import MlsdError
 
 app = typer.Typer(no_args_is_help=True, help="Card-fraud detection: simulator, features, models, streaming scorer.")
 console = Console()
@@ -91,30 +93,39 @@ def simulate(
 
 @app.command()
 def train(
-    kind: Annotated[str, typer.Option(help="logreg | xgboost | mlp")] = "xgboost",
-    strategy: Annotated[str, typer.Option(help="none | class_weight | undersample | smote | focal")] = "none",
-    compare: Annotated[bool, typer.Option(help="also print the model x strategy table")] = False,
+    models: Annotated[str, typer.Option(help="candidate model kinds, comma-separated")] = "logreg,xgboost,mlp",
+    strategies: Annotated[
+        str | None, typer.Option(help="candidate imbalance strategies (default: all that apply to each kind)")
+    ] = None,
+    compare: Annotated[bool, typer.Option(help="also print the validation and test tables")] = False,
 ) -> None:
-    """Train on the handbook protocol, register in MLflow and point `champion` at it."""
-    from systems.fraud.train import (
-        HANDBOOK_PUBLISHED,
-        SplitConfig,
-        add_features,
-        compare_strategies,
-        delayed_split,
-        train_champion,
-    )
+    """Choose the model and imbalance strategy on the validation block, refit, register it as `champion`."""
+    from systems.fraud.train import HANDBOOK_PUBLISHED, SplitConfig, add_features, select_and_register
 
     settings = _settings()
     frame = add_features(_load_or_simulate(settings))
+    config = SplitConfig()
+    run = select_and_register(
+        settings,
+        frame,
+        config,
+        models=tuple(m.strip() for m in models.split(",") if m.strip()),
+        strategies=None if strategies is None else tuple(s.strip() for s in strategies.split(",") if s.strip()),
+    )
+    sel = run.selection
+    v0, v1 = sel.config.periods()["scored"]
+    t0, t1 = config.periods()["scored"]
     if compare:
-        table = compare_strategies(delayed_split(frame, SplitConfig()))
-        console.print(_quality_table(table, "test week (handbook periods)"))
+        console.print(_quality_table(sel.table, f"validation days {v0}..{v1}: the choice is made here"))
+        chosen = {k: {s: run.per_model_test[k]} for k, s in sel.per_model.items()}
+        console.print(_quality_table(chosen, f"test days {t0}..{t1}: each model's validation-chosen strategy"))
         console.print(f"handbook published: {HANDBOOK_PUBLISHED}")
-    _, version, m = train_champion(settings, frame, SplitConfig(), kind=kind, strategy=strategy)
+    m = run.test
     console.print(
-        f"[green]✓[/] {settings.model_name} v{version} is champion: AUC {m['auc']:.3f} AP {m['ap']:.3f} "
-        f"CP@100 {m['cp@100']:.3f}; threshold for 0.1 % FPR, test FPR {m['fpr@threshold']:.4f}"
+        f"[green]✓[/] {settings.model_name} v{run.version} is champion: {sel.kind} + {sel.strategy} "
+        f"(validation AP {sel.table[sel.kind][sel.strategy]['ap']:.3f}, days {v0}..{v1}); "
+        f"test days {t0}..{t1}: AUC {m['auc']:.3f} AP {m['ap']:.3f} CP@100 {m['cp@100']:.3f}; "
+        f"threshold for 0.1 % FPR, test FPR {m['fpr@threshold']:.4f}"
     )
 
 
@@ -307,8 +318,8 @@ def demo(
             daemon=True,
         )
         thread.start()
-        ready.wait(120)
-        time.sleep(4.0)  # the consumer-group join takes ~3 s on tansu; events sent earlier would wait for it
+        if not ready.wait(120):  # set once the consumer group has assigned the scorer its partitions
+            raise MlsdError("the scorer did not join its consumer group within 120 s")
         producer = make_producer(settings)
         res = do_replay(settings, producer, sim.transactions, start_s=start, end_s=start + days * 86_400, rate=2000)
         store = DecisionStore(decision_store_url(settings))

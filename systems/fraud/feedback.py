@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from systems.common.broker import Consumer, decode, make_consumer
+from systems.common.broker import Consumer, Record, make_consumer, make_producer, run_consumer_loop
 from systems.common.errors import MlsdError
 from systems.fraud.evaluate import evaluate_scores
 from systems.fraud.features import FEATURES, SECONDS_PER_DAY
-from systems.fraud.schemas import Label
+from systems.fraud.schemas import Chargeback
 from systems.fraud.settings import FraudSettings
 from systems.fraud.store import LabelStore, features_matrix
 from systems.fraud.stream import decision_store_url, label_store_url, load_champion
@@ -36,28 +36,28 @@ log = logging.getLogger(__name__)
 
 
 def run_label_sink(settings: FraudSettings, stop: threading.Event, *, group_id: str | None = None) -> int:
-    """Consume labels into the label store until ``stop``; returns labels newly stored."""
+    """Consume labels into the label store until ``stop``; returns labels newly stored.
+
+    Through the common consumer loop: the store write comes before the offset commit (at-least-once; the
+    store ignores a re-delivered label), and a malformed label goes to ``labels.dlq`` with its reason.
+    """
     store = LabelStore(label_store_url(settings))
     consumer: Consumer = make_consumer(
         settings, [settings.labels_topic], group_id or f"{settings.group_id}-label-store"
     )
+    producer = make_producer(settings)
     stored = 0
+
+    def handle(batch: list[tuple[Record, Chargeback]]) -> None:
+        nonlocal stored
+        rows = [(c.tx_id, c.customer_id, c.terminal_id, c.ts_s, c.fraud, c.label_ts_s) for _, c in batch]
+        stored += store.put_many(rows)
+
     try:
-        while not stop.is_set():
-            records = consumer.poll(timeout_s=0.2, max_records=5000)
-            rows = []
-            for r in records:
-                try:
-                    lab = decode(r, Label)
-                except ValueError:
-                    log.warning("skipping malformed label at %s/%d@%d", r.topic, r.partition, r.offset)
-                    continue
-                rows.append((lab.tx_id, lab.customer_id, lab.terminal_id, lab.ts_s, lab.fraud, lab.label_ts_s))
-            if records:
-                stored += store.put_many(rows)
-                consumer.commit()  # after the write: at-least-once, and the store is idempotent
+        run_consumer_loop(consumer, producer, Chargeback, handle, stop=stop, max_records=5000)
     finally:
         consumer.close()
+        producer.close()
         store.close()
     return stored
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from systems.common.broker import Producer
 from systems.fraud.features import LABEL_DELAY_DAYS, SECONDS_PER_DAY
+from systems.fraud.schemas import chargeback_json
 from systems.fraud.settings import FraudSettings
 
 LABEL_DELAY_S = LABEL_DELAY_DAYS * SECONDS_PER_DAY
@@ -43,10 +44,8 @@ def tx_json(tx_id: int, customer_id: int, terminal_id: int, ts_s: int, amount: f
 
 
 def label_json(tx_id: int, customer_id: int, terminal_id: int, ts_s: int, fraud: int) -> bytes:
-    return (
-        f'{{"tx_id":{tx_id},"customer_id":{customer_id},"terminal_id":{terminal_id},'
-        f'"ts_s":{ts_s},"fraud":{fraud},"label_ts_s":{ts_s + LABEL_DELAY_S}}}'
-    ).encode()
+    """The chargeback (or its absence) that matures ``LABEL_DELAY_S`` after the transaction."""
+    return chargeback_json(tx_id, customer_id, terminal_id, ts_s, fraud, ts_s + LABEL_DELAY_S)
 
 
 def replay(

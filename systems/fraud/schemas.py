@@ -1,8 +1,8 @@
 """Messages on the fraud topics (JSON, validated by pydantic on the way in).
 
 transactions (key = customer_id)  ->  scorer  ->  decisions (key = customer_id)
-                                           \\->  predictions (generic record for the monitoring system)
-labels (key = tx_id, a chargeback or "no chargeback" after the label delay)  ->  label store, scorers
+                                           \\->  predictions (systems.common.predictions.PredictionRecord)
+labels (key = tx_id, a Chargeback: the shared LabelRecord)  ->  label store, scorers, monitoring
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from systems.common.predictions import LabelRecord, encode_label
 
 
 class Transaction(BaseModel):
@@ -44,29 +46,66 @@ class Decision(BaseModel):
     decided_ms: int
 
 
-class Label(BaseModel):
-    """A matured label: fraud=1 is a chargeback; fraud=0 means no chargeback within the delay."""
+class Chargeback(LabelRecord):
+    """A matured label on the ``labels`` topic, in the shared :class:`LabelRecord` shape.
 
-    model_config = ConfigDict(extra="forbid")
+    ``prediction_id`` is the transaction id, ``entity_key`` the customer, ``label`` 1 for a chargeback and 0
+    for "no chargeback within the delay", ``event_ts_ms`` the transaction's time and
+    ``attributes["terminal_id"]`` the terminal (the scorers' terminal-risk state needs it). The validators
+    below make a label that the fraud system cannot use fail decoding, so it reaches ``labels.dlq`` with the
+    reason instead of failing later inside a store write.
+    """
 
-    tx_id: int = Field(ge=0)
-    customer_id: int = Field(ge=0)
-    terminal_id: int = Field(ge=0)
-    ts_s: int = Field(gt=0, description="the transaction's event time")
-    fraud: int = Field(ge=0, le=1)
-    label_ts_s: int = Field(gt=0)
+    @model_validator(mode="after")
+    def _fraud_fields(self) -> Chargeback:
+        for name, value in (("prediction_id", self.prediction_id), ("entity_key", self.entity_key)):
+            if value is None or not value.isdigit() or int(value) >= 2**63:
+                raise ValueError(f"{name} must be a non-negative 64-bit integer id, got {value!r}")
+        if self.label not in (0, 1) or isinstance(self.label, str):
+            raise ValueError(f"label must be 0 or 1, got {self.label!r}")
+        if self.event_ts_ms is None:
+            raise ValueError("event_ts_ms (the transaction's time) is required")
+        terminal = self.attributes.get("terminal_id")
+        if not isinstance(terminal, int) or isinstance(terminal, bool) or not 0 <= terminal < 2**63:
+            raise ValueError(f"attributes.terminal_id must be a non-negative 64-bit integer, got {terminal!r}")
+        return self
+
+    @property
+    def tx_id(self) -> int:
+        return int(self.prediction_id or 0)
+
+    @property
+    def customer_id(self) -> int:
+        return int(self.entity_key or 0)
+
+    @property
+    def terminal_id(self) -> int:
+        return int(self.attributes["terminal_id"] or 0)
+
+    @property
+    def ts_s(self) -> int:
+        return int(self.event_ts_ms or 0) // 1000
+
+    @property
+    def fraud(self) -> int:
+        return int(self.label)
+
+    @property
+    def label_ts_s(self) -> int:
+        return self.label_ts_ms // 1000
 
 
-class PredictionRecord(BaseModel):
-    """The generic per-prediction record every serving system publishes for monitoring."""
-
-    system: str
-    prediction_id: str
-    model_version: str
-    features: dict[str, float]
-    output: dict[str, float | str]
-    latency_ms: float
-    ts_ms: int
+def chargeback_json(tx_id: int, customer_id: int, terminal_id: int, ts_s: int, fraud: int, label_ts_s: int) -> bytes:
+    """One :class:`Chargeback` as JSON (the shared label encoder)."""
+    return encode_label(
+        system="fraud",
+        prediction_id=str(tx_id),
+        entity_key=str(customer_id),
+        label=int(fraud),
+        label_ts_ms=int(label_ts_s) * 1000,
+        event_ts_ms=int(ts_s) * 1000,
+        attributes={"terminal_id": int(terminal_id)},
+    )
 
 
 class ScoreResponse(BaseModel):

@@ -19,7 +19,6 @@ class FraudSettings(MlsdSettings):
     transactions_topic: str = "transactions"
     decisions_topic: str = "decisions"
     labels_topic: str = "labels"
-    predictions_topic: str = "predictions"
     partitions: int = 4
     """Partitions of the transactions topic (keyed by customer): the most scorers that can share the work."""
     group_id: str = "fraud-scorer"

@@ -8,7 +8,8 @@ Per poll batch (at most ``max_records`` transactions):
 1. decode each record (bad JSON / schema -> ``transactions.dlq`` with the reason; never crash);
 2. online features per event from O(1) state (``features.OnlineFeatures``), in partition order;
 3. one vectorised model call for the whole batch (calibrated probability, threshold -> decision);
-4. produce to ``decisions`` and ``predictions`` (asynchronous: librdkafka batches and sends);
+4. produce to ``decisions`` and ``predictions`` (asynchronous: librdkafka batches and sends; the prediction
+   record is the shared ``systems.common.predictions`` one, encoded by its encoder);
 5. every ``commit_interval_s`` (50 ms) or when idle: one sqlite/Postgres transaction ``INSERT OR IGNORE``
    of every decision since the last commit (keyed by tx_id), flush the producer, and only then commit
    offsets.
@@ -31,7 +32,6 @@ the registry and swaps in a new ``champion`` between two batches: no restart, no
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import threading
@@ -51,23 +51,22 @@ from systems.common.broker import (
     TopicSpec,
     create_topics,
     dead_letter_topic,
-    decode,
     make_consumer,
     make_producer,
     run_consumer_loop,
 )
 from systems.common.errors import MlsdError
+from systems.common.predictions import encode_json, encode_prediction
 from systems.fraud.features import FEATURES, LABEL_DELAY_DAYS, SECONDS_PER_DAY, OnlineFeatures, replay_history
 from systems.fraud.model import FraudModel
 from systems.fraud.replay import day_start_s
-from systems.fraud.schemas import Label, Transaction
+from systems.fraud.schemas import Chargeback, Transaction
 from systems.fraud.settings import FraudSettings
 from systems.fraud.store import DecisionRow, DecisionStore
 
 log = logging.getLogger(__name__)
 
 LABEL_DELAY_S = LABEL_DELAY_DAYS * SECONDS_PER_DAY
-_FEATURE_KEYS = [f'"{n}":' for n in FEATURES]  # JSON object keys of the prediction record, formatted once
 
 
 def decision_store_url(settings: FraudSettings) -> str:
@@ -90,6 +89,7 @@ def fraud_topics(settings: FraudSettings) -> list[TopicSpec]:
         TopicSpec(dead_letter_topic(settings.transactions_topic), 1),
         TopicSpec(settings.decisions_topic, p),
         TopicSpec(settings.labels_topic, p),
+        TopicSpec(dead_letter_topic(settings.labels_topic), 1),
         TopicSpec(settings.predictions_topic, p),
     ]
 
@@ -189,36 +189,35 @@ class Scorer:
                 )
             )
         self.unstored += rows  # stored in one transaction per commit interval, before the offsets (persist)
-        # Messages are formatted by hand (same fields as schemas.Decision / PredictionRecord, checked by
-        # the integration tests): a pydantic dump per message would cost ~15 us, a third of the budget.
         topic, ptopic = self.settings.decisions_topic, self.settings.predictions_topic
         send, publish = self.producer.send, self.settings.publish_predictions
-        model_ref = json.dumps(f"{self.settings.model_name}/{version}")
-        version_json = json.dumps(version)
-        fkeys = _FEATURE_KEYS
+        model_name = self.settings.model_name
         for i, r in enumerate(rows):
             key = str(r[1]).encode()
-            lat = "null" if r[8] is None else repr(r[8])
-            send(
-                topic,
-                (
-                    f'{{"tx_id":{r[0]},"customer_id":{r[1]},"score":{r[5]!r},"decision":"{r[6]}",'
-                    f'"threshold":{thr!r},"model_version":{version_json},"latency_ms":{lat},'
-                    f'"decided_ms":{decided}}}'
-                ).encode(),
-                key=key,
-            )
+            decision = {
+                "tx_id": r[0],
+                "customer_id": r[1],
+                "score": r[5],
+                "decision": r[6],
+                "threshold": thr,
+                "model_version": version,
+                "latency_ms": r[8],
+                "decided_ms": decided,
+            }
+            send(topic, encode_json(decision), key=key)
             if publish:
-                fx = ",".join([k + repr(v) for k, v in zip(fkeys, feats[i], strict=True)])  # 20 float reprs
-                send(
-                    ptopic,
-                    (
-                        f'{{"system":"fraud","prediction_id":"{r[0]}","model_version":{model_ref},'
-                        f'"features":{{{fx}}},"output":{{"score":{r[5]!r},"decision":"{r[6]}"}},'
-                        f'"latency_ms":{0.0 if r[8] is None else r[8]!r},"ts_ms":{decided}}}'
-                    ).encode(),
-                    key=key,
+                record = encode_prediction(
+                    system="fraud",
+                    model_name=model_name,
+                    model_version=version,
+                    prediction_id=str(r[0]),
+                    entity_key=str(r[1]),
+                    event_ts_ms=r[3] * 1000,
+                    features=dict(zip(FEATURES, feats[i], strict=True)),
+                    output={"score": r[5], "decision": r[6]},
+                    latency_ms=0.0 if r[8] is None else r[8],
                 )
+                send(ptopic, record, key=key)
         self.scored += len(batch)
 
     def persist(self) -> None:
@@ -227,26 +226,24 @@ class Scorer:
             self.store.put_many(self.unstored)
             self.unstored = []
 
-    def observe_labels(self, labels: list[Label]) -> None:
+    def observe_labels(self, batch: list[tuple[Record, Chargeback]]) -> None:
         with self.state_lock:
-            for lab in labels:
+            for _, lab in batch:
                 self.state.observe_label(lab.terminal_id, lab.ts_s, lab.fraud)
 
 
-def run_label_follower(settings: FraudSettings, scorer: Scorer, stop: threading.Event, group_id: str) -> None:
-    """Feed every label into the scorer's terminal state (own consumer group: each scorer sees all)."""
+def run_label_follower(
+    settings: FraudSettings, scorer: Scorer, stop: threading.Event, group_id: str, producer: Producer
+) -> None:
+    """Feed every label into the scorer's terminal state (own consumer group: each scorer sees all).
+
+    Through the common consumer loop, so a malformed label goes to ``labels.dlq`` with its reason.
+    """
     consumer: Consumer = make_consumer(settings, [settings.labels_topic], group_id)
     try:
-        while not stop.is_set():
-            records = consumer.poll(timeout_s=0.2, max_records=2000)
-            labels = []
-            for r in records:
-                try:
-                    labels.append(decode(r, Label))
-                except ValueError:  # pydantic.ValidationError is a ValueError
-                    log.warning("skipping malformed label at %s/%d@%d", r.topic, r.partition, r.offset)
-            if labels:
-                scorer.observe_labels(labels)
+        run_consumer_loop(
+            consumer, producer, Chargeback, scorer.observe_labels, stop=stop, max_records=2000, commit_interval_s=1.0
+        )
     finally:
         consumer.close()
 
@@ -270,7 +267,11 @@ def run_scorer(
     wait_for_model_s: float = 60.0,
     on_ready: Callable[[Scorer], Any] | None = None,
 ) -> Scorer:
-    """Warm state, load the champion, then consume until ``stop`` is set. Returns the scorer (stats)."""
+    """Warm state, load the champion, then consume until ``stop`` is set. Returns the scorer (stats).
+
+    ``on_ready`` runs once the consumer group has assigned this scorer its partitions: from then on a sent
+    transaction is scored without waiting for a group join (callers wait on it instead of sleeping).
+    """
     state = OnlineFeatures()
     if history is not None:
         tx = pd.read_parquet(history, columns=["tx_id", "ts_s", "customer_id", "terminal_id", "amount", "fraud"])
@@ -291,15 +292,13 @@ def run_scorer(
     label_stop = threading.Event()
     follower = threading.Thread(
         target=run_label_follower,
-        args=(settings, scorer, label_stop, f"{settings.group_id}-labels-{uuid.uuid4().hex[:8]}"),
+        args=(settings, scorer, label_stop, f"{settings.group_id}-labels-{uuid.uuid4().hex[:8]}", producer),
         name="label-follower",
         daemon=True,
     )
     follower.start()
     watcher = ChampionWatcher(settings, model.version, scorer.swap_model, label_stop)
     watcher.start()
-    if on_ready is not None:
-        on_ready(scorer)
     try:
         # Short poll timeout: confluent's consume() waits the whole timeout for a full batch, so at low rates the
         # timeout *is* the latency. Commit every 50 ms (not per batch): one store transaction, flush and offset
@@ -314,6 +313,7 @@ def run_scorer(
             poll_timeout_s=0.01,
             commit_interval_s=0.05,
             before_commit=scorer.persist,
+            on_ready=None if on_ready is None else lambda: on_ready(scorer),
         )
     finally:
         label_stop.set()
@@ -330,7 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--history", type=Path, default=None, help="transactions parquet to warm the state")
     parser.add_argument("--warm-until-s", type=int, default=None, help="replay start (unix s); default: end")
     parser.add_argument("--max-records", type=int, default=500)
-    parser.add_argument("--ready-file", type=Path, default=None, help="touched when consuming starts")
+    parser.add_argument(
+        "--ready-file", type=Path, default=None, help="touched once the group has assigned this scorer's partitions"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = FraudSettings()

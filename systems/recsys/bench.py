@@ -240,7 +240,7 @@ def wait_stream_ready(url: str, settings: RecsysSettings, timeout_s: float = 30.
 
 def run_bench(
     settings: RecsysSettings,
-    out: Path,
+    out: Path | None,
     *,
     catalogue: int,
     rates: list[int],
@@ -250,7 +250,7 @@ def run_bench(
     workers: int = 2,
     reuse_index: bool = False,
 ) -> dict[str, Any]:
-    from systems.common.bench import plot_latency_vs_rate, write_report
+    from systems.common.bench import BenchReport, plot_latency_vs_rate
     from systems.common.broker import LocalBroker
     from systems.common.http import ServerProcess, free_port
     from systems.recsys.candidates import AnnIndex
@@ -259,6 +259,7 @@ def run_bench(
     from systems.recsys.train import publish_features, train_and_publish
 
     settings.ensure_dirs()
+    report = BenchReport("recsys", out=out)
     result: dict[str, Any] = {"system": "recsys", "catalogue": catalogue}
     quality_path = settings.model_dir / "quality.json"
     if retrain or not quality_path.exists():
@@ -266,9 +267,9 @@ def run_bench(
     elif not (settings.feast_dir / "registry.db").exists():
         publish_features(settings)
     q = json.loads(quality_path.read_text())
-    result["quality"] = q["quality"]
-    result["split"] = q["split"]
-    result["train_timings_s"] = q["timings_s"]
+    result["quality"] = report.section(
+        "quality", {**q["quality"], "split": q["split"], "train_timings_s": q["timings_s"]}
+    )
 
     # ANN at scale: queries are the real users' two-tower vectors; ground truth is exact search.
     from systems.recsys.train import tower_user_vectors
@@ -293,17 +294,14 @@ def run_bench(
         save_scaled(settings, art)  # the winner becomes the serving index
         (sdir / "ann_sweep.json").write_text(json.dumps(result["ann"]))
         del art, extra
+    report.section("ann", result["ann"])
 
     port = free_port()
     with LocalBroker(port=port, log_path=settings.recsys_dir / "broker.log") as broker:
-        env = {
-            "MLSD_DATA_DIR": str(settings.data_dir.resolve()),
-            "MLSD_KAFKA_BOOTSTRAP": broker.bootstrap,
-            "MLSD_RECSYS_ONLINE_STORE": settings.online_store,
-            "OPENBLAS_NUM_THREADS": "1",
-            "OMP_NUM_THREADS": "1",
-        }
-        bsettings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        bsettings = settings.model_copy(
+            update={"kafka_bootstrap": broker.bootstrap, "data_dir": settings.data_dir.resolve()}
+        )
+        env = {**bsettings.to_env(), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         with ServerProcess(
             "systems.recsys.serve:create_app",
             env={**env, "MLSD_RECSYS_CATALOGUE_SIZE": str(catalogue)},
@@ -313,8 +311,8 @@ def run_bench(
         ) as server:
             serving = bench_serving(server.url, rates=rates, duration_s=duration_s)
         runs = serving.pop("_runs")
-        result["serving"] = serving
-        result["serving_setup"] = {"workers": workers, "catalogue": catalogue, "n_candidates": settings.n_candidates}
+        setup = {"workers": workers, "catalogue": catalogue, "n_candidates": settings.n_candidates}
+        result["serving"] = report.section("serving", {**serving, "setup": setup})
         # Freshness on the real catalogue (events name real items), processor in this process.
         th, stop = start_stream_thread(bsettings)
         try:
@@ -329,17 +327,20 @@ def run_bench(
             stop.set()
             th.join(timeout=10)
     fr = np.asarray(fresh)
-    result["freshness_ms"] = {
-        "p50": float(np.percentile(fr, 50)),
-        "p99": float(np.percentile(fr, 99)),
-        "max": float(fr.max()),
-        "n": len(fr),
-    }
+    result["freshness_ms"] = report.section(
+        "freshness_ms",
+        {
+            "p50": float(np.percentile(fr, 50)),
+            "p99": float(np.percentile(fr, 99)),
+            "max": float(fr.max()),
+            "n": len(fr),
+        },
+    )
 
     def plot(png: Path) -> None:
         plot_latency_vs_rate(
             runs, png, title=f"recsys /recommend, {catalogue:,}-item catalogue (open loop, {workers} workers)"
         )
 
-    write_report(result, out, plot=plot)
+    report.plot(plot)
     return result

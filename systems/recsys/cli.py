@@ -97,9 +97,9 @@ def up(
 
 @app.command()
 def bench(
-    out: Annotated[Path, typer.Option(help="JSON report path (a PNG is written beside it)")] = Path(
-        ".mlsd/bench/recsys.json"
-    ),
+    out: Annotated[
+        Path | None, typer.Option(help="JSON report (a PNG beside it); default: systems/recsys/bench/recsys.json")
+    ] = None,
     catalogue: Annotated[int, typer.Option(help="catalogue size for ANN and serving")] = 1_000_000,
     rates: Annotated[str, typer.Option(help="offered request rates")] = "50,100,200,300",
     duration: Annotated[float, typer.Option(help="seconds per rate")] = 15.0,
@@ -128,7 +128,7 @@ def bench(
     )
     console.print(quality_table(res["quality"]))
     console.print({"ann": {k: res["ann"][k] for k in ("index", "param", "value", "qps", "recall@10")}})
-    console.print({r: v["latency_ms"] for r, v in res["serving"].items()})
+    console.print({r: v["latency_ms"] for r, v in res["serving"].items() if isinstance(v, dict) and "latency_ms" in v})
     console.print({"freshness_ms": res["freshness_ms"]})
 
 

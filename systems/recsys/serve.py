@@ -4,13 +4,13 @@
     uvicorn --factory systems.recsys.serve:create_app --port 8001
 
 ``GET /recommend?user_id=1&k=10&session_items=50,172`` or ``POST /recommend`` with the same fields as JSON.
-Every answer is published to the ``predictions`` topic (for monitoring) and, while an experiment runs, an
-exposure record to ``recsys.exposures``.
+Every answer is published to the ``predictions`` topic (the shared ``systems.common.predictions`` record, for
+monitoring) and, while an experiment runs, an exposure record to ``recsys.exposures`` — both through the common
+non-blocking publisher, so a broker that is down costs dropped records (counted), never a slow request.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -23,6 +23,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from systems.common.http import create_app as create_base_app
+from systems.common.predictions import Outgoing, PredictionPublisher
 from systems.recsys.abtest import Experiment
 from systems.recsys.pipeline import Recommender, UserContext
 from systems.recsys.settings import RecsysSettings
@@ -67,18 +68,6 @@ class RecommendResponse(BaseModel):
     warnings: list[str]
 
 
-class PredictionRecord(BaseModel):
-    """One served prediction, the shape every mlsd system logs for the monitoring system."""
-
-    system: str = "recsys"
-    prediction_id: str
-    model_version: str
-    features: dict[str, Any]
-    output: dict[str, Any]
-    latency_ms: float
-    ts_ms: int
-
-
 class Exposure(BaseModel):
     experiment: str
     variant: str
@@ -98,13 +87,13 @@ class RecsysService:
         rec: Recommender,
         *,
         store: Any = None,
-        producer: Any = None,
+        publisher: PredictionPublisher | None = None,
         experiment: Experiment | None = None,
     ) -> None:
         self.settings = settings
         self.rec = rec
         self.store = store
-        self.producer = producer
+        self.publisher = publisher
         self.experiment = experiment
         # Circuit breaker: after a store failure, skip the store for ``store_retry_s`` (a refused Redis connection
         # costs ~5 s of client retries, on the event loop) and answer degraded at once; then try again.
@@ -227,47 +216,46 @@ class RecsysService:
         return resp
 
     def log(self, resp: RecommendResponse, used: dict[str, Any]) -> None:
-        if self.producer is None:
+        """Offer the prediction record (and the experiment exposure) to the non-blocking publisher."""
+        if self.publisher is None:
             return
         now = int(time.time() * 1000)
-        rec = PredictionRecord(
-            prediction_id=resp.prediction_id,
+        item_ids = [i.item_id for i in resp.items]
+        self.publisher.offer_prediction(
+            model_name=self.settings.model_name,
             model_version=resp.model_version,
+            prediction_id=resp.prediction_id,
+            entity_key=None if resp.user_id is None else str(resp.user_id),
+            event_ts_ms=now,
             features=used,
             output={
-                "item_ids": [i.item_id for i in resp.items],
+                "item_ids": item_ids,
                 "scores": [round(i.score, 5) for i in resp.items],
                 "sources": [i.source for i in resp.items],
                 "variant": resp.variant,
             },
             latency_ms=resp.timings_ms["total"],
-            ts_ms=now,
-        )
-        # send() only enqueues (librdkafka delivers in its own thread): the request never waits for the broker.
-        self.producer.send(
-            self.settings.predictions_topic, rec.model_dump_json().encode(), key=resp.prediction_id.encode()
         )
         if self.experiment is not None:
-            exp = Exposure(
+            exposure = Exposure(
                 experiment=self.experiment.name,
                 variant=resp.variant,
                 user_id=resp.user_id,
                 prediction_id=resp.prediction_id,
-                item_ids=[i.item_id for i in resp.items],
+                item_ids=item_ids,
                 latency_ms=resp.timings_ms["total"],
                 ts_ms=now,
             )
-            self.producer.send(
-                self.settings.exposures_topic, json.dumps(exp.model_dump()).encode(), key=resp.prediction_id.encode()
-            )
+            key = resp.prediction_id.encode()
+            self.publisher.offer(Outgoing(self.settings.exposures_topic, key, payload=exposure.model_dump()))
 
 
-def build_service(settings: RecsysSettings) -> RecsysService:
-    """Load artefacts (and the scale catalogue when configured), open the feature store and the producer."""
+def build_service(settings: RecsysSettings, registry: Any = None) -> RecsysService:
+    """Load artefacts (and the scale catalogue when configured), open the feature store and the publisher."""
     import torch
     from threadpoolctl import threadpool_limits
 
-    from systems.common.broker import TopicSpec, create_topics, make_producer
+    from systems.common.broker import TopicSpec
     from systems.recsys.feature_store import open_store
     from systems.recsys.pipeline import Artifacts
     from systems.recsys.scale import load_scaled
@@ -279,12 +267,13 @@ def build_service(settings: RecsysSettings) -> RecsysService:
     art = load_scaled(settings) if settings.catalogue_size > 0 else Artifacts.load(settings.model_dir)
     rec = Recommender(art, n_candidates=settings.n_candidates)
     store = open_store(settings)
-    producer = None
+    publisher = None
     if settings.log_predictions:
-        create_topics(settings, [TopicSpec(settings.predictions_topic), TopicSpec(settings.exposures_topic)])
-        producer = make_producer(settings)
+        # Topics are created by the publisher's thread once the broker answers: start never waits on Kafka.
+        topics = [TopicSpec(settings.predictions_topic), TopicSpec(settings.exposures_topic)]
+        publisher = PredictionPublisher(settings, system="recsys", registry=registry, topics=topics).start()
     experiment = Experiment.from_settings(settings)
-    svc = RecsysService(settings, rec, store=store, producer=producer, experiment=experiment)
+    svc = RecsysService(settings, rec, store=store, publisher=publisher, experiment=experiment)
     # Warm-up before /readyz turns green: the first Feast read loads the registry (~0.3 s), the first
     # forward pass allocates; neither should land on a user's request.
     try:
@@ -311,13 +300,12 @@ def create_app(settings: RecsysSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        svc = build_service(settings)
+        svc = build_service(settings, _app.state.metrics_registry)
         state["svc"] = svc
         _app.state.svc = svc
         yield
-        if svc.producer is not None:
-            svc.producer.flush(10.0)
-            svc.producer = None  # drop the librdkafka handle now, not at interpreter exit
+        if svc.publisher is not None:
+            svc.publisher.close()
 
     app = create_base_app(title="mlsd recsys", lifespan=lifespan, ready=lambda: "svc" in state)
 

@@ -19,7 +19,6 @@ class RecsysSettings(MlsdSettings):
     online_store: Literal["sqlite", "redis"] = "sqlite"
     """Feast online store: sqlite file under the data dir (embedded), or Redis at ``redis_url`` (compose)."""
     events_topic: str = "recsys.browse-events"
-    predictions_topic: str = "predictions"
     exposures_topic: str = "recsys.exposures"
     catalogue_size: int = 0
     """0 = the real MovieLens catalogue; N > 1682 grows it to N items with synthetic ones (scale mode)."""
@@ -27,6 +26,8 @@ class RecsysSettings(MlsdSettings):
     """Candidates handed to the ranker per request (before re-ranking)."""
     ranker: Literal["deep", "lgbm", "none"] = "deep"
     log_predictions: bool = True
+    model_name: str = "recsys-recommender"
+    """The name prediction records carry (and, once registered, the registry's model name)."""
     store_retry_s: float = 5.0
     """After an online-store failure, answer from the trending fallback for this long before trying it again."""
     experiment: str = ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,30 +57,18 @@ def fraud_world(tmp_path_factory: pytest.TempPathFactory) -> FraudWorld:
 
 def make_settings(world: FraudWorld, broker: LocalBroker, **overrides: object) -> FraudSettings:
     """Settings on the shared registry with fresh topics, group and decision store for one test."""
-    u = uuid.uuid4().hex[:8]
-    base: dict[str, object] = {
+    fields: dict[str, object] = {
         "data_dir": world.data_dir,
         "kafka_bootstrap": broker.bootstrap,
-        "transactions_topic": f"tx-{u}",
-        "decisions_topic": f"dec-{u}",
-        "labels_topic": f"lab-{u}",
-        "predictions_topic": f"pred-{u}",
-        "group_id": f"scorer-{u}",
-        "decision_store_url": f"sqlite:///{world.data_dir / f'decisions-{u}.db'}",
         "partitions": 3,
         "alias_poll_s": 0.5,
     }
-    base.update(overrides)
-    return FraudSettings(**base)  # type: ignore[arg-type]
-
-
-def settings_env(settings: FraudSettings) -> dict[str, str]:
-    """The same settings as MLSD_FRAUD_* environment variables, for a scorer subprocess."""
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is not None:
-            env[f"MLSD_FRAUD_{name.upper()}"] = str(value)
-    return env
+    fields.update(overrides)
+    settings = FraudSettings(**fields).scoped()  # type: ignore[arg-type]
+    if "decision_store_url" in overrides:
+        return settings
+    url = f"sqlite:///{world.data_dir / f'decisions-{settings.run_id}.db'}"
+    return settings.model_copy(update={"decision_store_url": url})
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
@@ -104,7 +91,6 @@ class Kit:
     """Helpers handed to tests as a fixture (test modules cannot import each other under importlib mode)."""
 
     make_settings = staticmethod(make_settings)
-    settings_env = staticmethod(settings_env)
     wait_for = staticmethod(wait_for)
 
 

@@ -66,7 +66,7 @@ def test_retrain_cli_prints_the_gate_decision(fraud_world, broker, kit, tmp_path
     weak = fit_model("logreg", "none", X, np.random.default_rng(0).permutation(y), features=FEATURES)
     weak_v = register_model(settings, weak, params={"kind": "weak"}, metrics={})
     registry.set_alias(settings.model_name, registry.CHAMPION, weak_v)
-    env = kit.settings_env(settings)
+    env = settings.to_env()
 
     skip = _mlsd(env, "--if-ap-below", "0")  # the served AP cannot be below 0: the trigger does not fire
     assert skip.returncode == 0, skip.stdout + skip.stderr

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from systems.blocks.bench import bench_attention, peak_rss_delta_mib
 from systems.blocks.cli import app
+from systems.common.bench import lookup
 
 pytestmark = pytest.mark.unit
 
@@ -21,13 +23,18 @@ def test_bench_cli_writes_json_and_png(tmp_path: Path, monkeypatch: pytest.Monke
     args += ["--copies", "1", "--image-size", "16", "--limit", "150", "--repeats", "2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    data = json.loads(out.read_text())
+    doc = json.loads(out.read_text())
+
+    def data(key: str) -> Any:  # the README's dotted keys, resolved the way `mlsd bench report` does
+        return lookup(doc, key)
+
     for t in (32, 64):
-        assert data[f"attention.{t}.ms_scratch"] > 0 and data[f"attention.{t}.ms_sdpa"] > 0
-        assert data[f"attention.{t}.score_matrix_mib"] == 8 * t * t * 4 / 2**20
+        assert data(f"attention.{t}.ms_scratch") > 0 and data(f"attention.{t}.ms_sdpa") > 0
+        assert data(f"attention.{t}.score_matrix_mib") == 8 * t * t * 4 / 2**20
     for w in (0, 1):
-        assert data[f"pipeline.images_per_s.{w}"] > 0
-    assert data["pipeline.num_images"] == 150
+        assert data(f"pipeline.images_per_s.{w}") > 0
+    assert data("pipeline.num_images") == 150
+    assert {"attention", "pipeline"} <= set(doc) and "loadavg_1m" in doc["pipeline"]["provenance"]["machine"]
     png = out.with_suffix(".png")
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

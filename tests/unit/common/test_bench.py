@@ -42,12 +42,16 @@ def test_open_loop_shows_queueing_when_offered_rate_exceeds_capacity() -> None:
 
 
 def test_errors_are_counted_not_timed() -> None:
+    """Failures return at once, successes take 20 ms: timed failures would drag the latencies towards 0."""
+
     async def send(i: int) -> None:
         if i % 2:
             raise RuntimeError("boom")
+        await asyncio.sleep(0.02)
 
     result = asyncio.run(run_open_loop(send, rate=100, duration_s=0.5, warmup_s=0))
     assert result.errors == 25 and result.count == 25
+    assert result.latency_ms["p50"] >= 19.0 and result.latency_ms["mean"] >= 19.0  # ~10 ms if errors were timed
 
 
 def test_ceiling_and_median() -> None:
