@@ -222,20 +222,19 @@ def measure_freshness(
     return out
 
 
-def start_stream_thread(settings: RecsysSettings) -> tuple[threading.Thread, threading.Event]:
+def start_stream_thread(settings: RecsysSettings, timeout_s: float = 60.0) -> tuple[threading.Thread, threading.Event]:
+    """The stream processor in a thread; returns once its consumer group has assigned it its partitions."""
     from systems.recsys.stream import run_stream_processor
 
-    stop = threading.Event()
-    th = threading.Thread(target=run_stream_processor, args=(settings, stop), daemon=True, name="recsys-stream")
+    stop, ready = threading.Event(), threading.Event()
+    th = threading.Thread(
+        target=run_stream_processor, args=(settings, stop), kwargs={"ready": ready}, daemon=True, name="recsys-stream"
+    )
     th.start()
+    if not ready.wait(timeout_s):
+        stop.set()
+        raise RuntimeError(f"the stream processor did not join its consumer group within {timeout_s:.0f} s")
     return th, stop
-
-
-def wait_stream_ready(url: str, settings: RecsysSettings, timeout_s: float = 30.0) -> None:
-    """The consumer group join takes ~3 s on tansu: wait until one warm-up event shows in the API."""
-    res = measure_freshness(url, settings, n=1, user_ids=[943], timeout_s=timeout_s)
-    if not res or not np.isfinite(res[0]):
-        raise RuntimeError("stream processor did not pick up the warm-up event")
 
 
 def run_bench(
@@ -319,7 +318,6 @@ def run_bench(
             with ServerProcess(
                 "systems.recsys.serve:create_app", env=env, log_path=settings.recsys_dir / "api.log"
             ) as server:
-                wait_stream_ready(server.url, bsettings)
                 fresh = measure_freshness(
                     server.url, bsettings, n=freshness_n, user_ids=list(range(1, freshness_n + 1))
                 )

@@ -80,9 +80,12 @@ def up(
         bport = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
         local = LocalBroker(port=bport, log_path=settings.recsys_dir / "broker.log")
         local.start()
-    stop = threading.Event()
-    th = threading.Thread(target=run_stream_processor, args=(settings, stop), daemon=True)
+    stop, ready = threading.Event(), threading.Event()
+    th = threading.Thread(target=run_stream_processor, args=(settings, stop), kwargs={"ready": ready}, daemon=True)
     th.start()
+    if not ready.wait(60):
+        console.print("the stream processor did not join its consumer group within 60 s")
+        raise typer.Exit(1)
     console.print(
         f"API on http://{settings.host}:{port or settings.api_port}/recommend  events topic {settings.events_topic}"
     )

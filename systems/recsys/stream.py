@@ -86,8 +86,18 @@ class SessionState:
         return rows
 
 
-def run_stream_processor(settings: RecsysSettings, stop: threading.Event, *, client: str | None = None) -> None:
-    """Consume until ``stop`` is set. Needs trained artefacts (item vectors) and an applied feature store."""
+def run_stream_processor(
+    settings: RecsysSettings,
+    stop: threading.Event,
+    *,
+    client: str | None = None,
+    ready: threading.Event | None = None,
+) -> None:
+    """Consume until ``stop`` is set. Needs trained artefacts (item vectors) and an applied feature store.
+
+    ``ready`` is set once the consumer group has assigned this processor its partitions: an event sent after
+    that is applied without waiting for a group join (callers wait on it instead of sleeping).
+    """
     from systems.common.broker import TopicSpec, create_topics, make_consumer, make_producer, run_consumer_loop
     from systems.recsys.feature_store import open_store, push_realtime
 
@@ -105,7 +115,15 @@ def run_stream_processor(settings: RecsysSettings, stop: threading.Event, *, cli
             log.debug("pushed %d users at %d", len(rows), int(time.time() * 1000))
 
     try:
-        run_consumer_loop(consumer, producer, BrowseEvent, handle, stop=stop, poll_timeout_s=0.05)
+        run_consumer_loop(
+            consumer,
+            producer,
+            BrowseEvent,
+            handle,
+            stop=stop,
+            poll_timeout_s=0.05,
+            on_ready=None if ready is None else ready.set,
+        )
     finally:
         consumer.close()
         producer.close()

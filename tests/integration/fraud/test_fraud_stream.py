@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from systems.common.broker import LocalBroker, create_topics, dead_letter_topic, make_consumer, make_producer
 from systems.common.predictions import PredictionRecord
-from systems.fraud.replay import replay
+from systems.fraud.replay import replay, tx_json
 from systems.fraud.schemas import Chargeback, Decision, chargeback_json
 from systems.fraud.store import DecisionStore
 from systems.fraud.stream import decision_store_url, fraud_topics, run_scorer
@@ -66,6 +67,27 @@ def test_scorer_end_to_end_with_dead_letters(fraud_world, broker: LocalBroker, s
     assert "error" not in result, result.get("error")
 
     producer = make_producer(settings)
+    store = DecisionStore(decision_store_url(settings))
+    # ready means the group has assigned the partitions: the first transaction is decided at once, not after
+    # the ~3 s group join that a "ready" signalled before assignment would leave it waiting for
+    first = fraud_world.tx[fraud_world.tx["ts_s"] >= fraud_world.replay_start_s].iloc[0]
+    t0 = time.monotonic()
+    producer.send(
+        settings.transactions_topic,
+        tx_json(
+            int(first.tx_id),
+            int(first.customer_id),
+            int(first.terminal_id),
+            int(first.ts_s),
+            float(first.amount),
+            time.time() * 1000,
+        ),
+        key=str(int(first.customer_id)).encode(),
+    )
+    producer.flush()
+    kit.wait_for(lambda: store.count()[0] >= 1, 30, "the first decision", interval_s=0.01)
+    assert time.monotonic() - t0 < 1.5, f"first decision after {time.monotonic() - t0:.2f} s: ready before joined?"
+
     bad = [b"{not json", b'{"tx_id": 1}', b'{"tx_id":5,"customer_id":1,"terminal_id":2,"ts_s":1,"amount":-3}']
     for value in bad[:2]:
         producer.send(settings.transactions_topic, value, key=b"1")
@@ -75,7 +97,6 @@ def test_scorer_end_to_end_with_dead_letters(fraud_world, broker: LocalBroker, s
     producer.send(settings.transactions_topic, bad[2], key=b"1")
     producer.flush()
 
-    store = DecisionStore(decision_store_url(settings))
     kit.wait_for(lambda: store.count()[0] >= sent.transactions, 60, "all decisions stored")
     rows, distinct = store.count()
     assert rows == distinct == sent.transactions > 300

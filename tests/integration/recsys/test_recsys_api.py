@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 
@@ -16,9 +15,8 @@ from systems.common.broker import LocalBroker, make_consumer
 from systems.common.http import ServerProcess
 from systems.common.predictions import PredictionRecord
 from systems.common.proc import free_port
-from systems.recsys.bench import measure_freshness, wait_stream_ready
+from systems.recsys.bench import measure_freshness, start_stream_thread
 from systems.recsys.settings import RecsysSettings
-from systems.recsys.stream import run_stream_processor
 from tests.http_support import dropped_records, published_records, quantile, timed_requests
 
 pytestmark = pytest.mark.integration
@@ -113,11 +111,9 @@ def test_every_response_is_logged_to_kafka_as_a_prediction_record(
 
 
 def test_browse_event_changes_next_answer(api: str, recsys_settings: RecsysSettings) -> None:
-    stop = threading.Event()
-    th = threading.Thread(target=run_stream_processor, args=(recsys_settings, stop), daemon=True)
-    th.start()
+    """Ready means joined: the very first event sent after readiness is visible within the freshness budget."""
+    th, stop = start_stream_thread(recsys_settings)
     try:
-        wait_stream_ready(api, recsys_settings)
         fresh = measure_freshness(api, recsys_settings, n=5, user_ids=[1, 2, 3, 4, 5])
     finally:
         stop.set()
