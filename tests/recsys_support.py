@@ -1,7 +1,10 @@
 """Test support: one small trained model per test session, shared by the model and integration suites.
 
 Training the CI preset takes ~30 s; both ``tests/model/recsys`` and ``tests/integration/recsys`` need it, so
-the first caller trains into ``<shared_dir>/recsys-small`` and later callers (same session) copy from there.
+the first caller trains into ``<shared_dir>/recsys/model`` and later callers (same session) copy from there.
+
+Imported by those suites' conftests as ``tests.recsys_support`` (pytest's importlib mode makes ``tests`` a
+namespace package rooted at the rootdir); it lives here, not in ``systems/``, because only tests use it.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+from systems.recsys.data import Split, load_catalogue_and_interactions, slice_users, temporal_split
 from systems.recsys.settings import RecsysSettings
 from systems.recsys.train import TrainConfig, cpu_debug
 
@@ -22,6 +26,19 @@ def ci_preset() -> TrainConfig:
     cfg.ranker_epochs = 2
     cfg.lgbm_rounds = 30
     return cfg
+
+
+def ci_split(settings: RecsysSettings) -> Split:
+    """The temporal split the CI preset trains on (same user slice, same cut), recomputed from the raw data.
+
+    Tests check the trained artefacts and the Feast tables against it, so it repeats ``train._run_training``'s
+    first lines on purpose: an independent path to the same interactions.
+    """
+    cfg = ci_preset()
+    cat, inter = load_catalogue_and_interactions(settings)
+    if cfg.n_users is not None:
+        inter = slice_users(inter, cfg.n_users, cfg.seed)
+    return temporal_split(inter, test_fraction=cfg.test_fraction, n_users=cat.n_users, n_items=cat.n_items)
 
 
 def ensure_small_model(shared_dir: Path) -> Path:

@@ -219,6 +219,10 @@ def run_bench(
         "repeats": repeats,
         "statistic": "median",
     }
+    for t in seq_lens:  # the headline of the attention table: how many times slower the unfused version is
+        result[f"attention.{t}.ratio"] = round(
+            result[f"attention.{t}.ms_scratch"] / result[f"attention.{t}.ms_sdpa"], 2
+        )
     report = BenchReport("blocks", out=out)
     for section in ("attention", "pipeline"):
         flat = {k.removeprefix(f"{section}."): v for k, v in result.items() if k.startswith(f"{section}.")}

@@ -58,10 +58,13 @@ def test_round_trip_10k_through_a_consumer_group(broker_settings, unique_name, c
     assert len(values) == n and len(set(values)) == n  # nothing lost, nothing duplicated
     assert {r.partition for r in records} == {0, 1, 2}
     assert first_s is not None and first_s < 5.0, f"group subscription took {first_s} s to the first message"
-    # Per-partition order is preserved.
+    # Per-partition order is preserved: delivered in offset order, and offsets in the order the producer sent.
     for p in range(3):
-        offsets = [r.offset for r in records if r.partition == p]
+        in_partition = [r for r in records if r.partition == p]
+        offsets = [r.offset for r in in_partition]
+        sent = [int(r.value[1:]) for r in in_partition]  # b"m<i>": i is the send order
         assert offsets == sorted(offsets)
+        assert sent == sorted(sent), f"partition {p} is not in send order"
 
 
 @pytest.mark.parametrize("client", CLIENTS)

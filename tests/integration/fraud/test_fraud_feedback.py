@@ -65,6 +65,11 @@ def test_label_sink_and_retrain_gate(fraud_world, broker: LocalBroker, kit, stop
     labels = LabelStore(label_store_url(settings))
     kit.wait_for(lambda: labels.count() >= len(frame), 60, "labels in the store")
     assert labels.count() == len(frame)
+    # what landed is each transaction's true label, joined to its served decision
+    stored = labels.matured_with_decisions(decision_store_url(settings), as_of_s=last + 2 * LABEL_DELAY_S)
+    assert dict(zip(stored["tx_id"], stored["fraud"], strict=True)) == dict(
+        zip(frame["tx_id"].astype(int), frame["fraud"].astype(int), strict=True)
+    )
 
     # a weak champion: trained on shuffled labels
     y_shuffled = np.random.default_rng(0).permutation(frame["fraud"].to_numpy())

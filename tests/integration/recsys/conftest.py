@@ -8,7 +8,7 @@ import pytest
 
 from systems.common.broker import LocalBroker
 from systems.recsys.settings import RecsysSettings
-from systems.recsys.testing import install_model
+from tests.recsys_support import install_model
 
 
 @pytest.fixture(scope="session")

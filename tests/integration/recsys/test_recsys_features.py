@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from systems.recsys.feature_store import historical_features, online_user, open_store, push_realtime
-from systems.recsys.features import ItemStatsSnapshots
+from systems.recsys.feature_store import HISTORY_KEEP, historical_features, online_user, open_store, push_realtime
+from systems.recsys.features import DAY, ItemStatsSnapshots
 from systems.recsys.settings import RecsysSettings
+from tests.recsys_support import ci_split
 
 pytestmark = pytest.mark.integration
 
@@ -27,13 +28,31 @@ def test_historical_features_are_point_in_time(recsys_settings: RecsysSettings) 
     entity = pd.DataFrame({"item_id": items, "event_timestamp": pd.to_datetime(ts, unit="s", utc=True)})
     got = historical_features(store, entity, ["item_stats:pop_all", "item_stats:pop_7d"])
     got = got.sort_values(["event_timestamp", "item_id"]).reset_index(drop=True)
+    # Feast's join picks the snapshot valid at t (not the latest one) ...
+    train = ci_split(recsys_settings).train  # the interactions the tables were built from, recomputed
     expect = pd.DataFrame({"item_id": items, "ts": ts})
     expect["pop_all"] = [snaps.at(int(t))[i - 1, 0] for t, i in zip(ts, items, strict=True)]
+    # ... and that snapshot counts exactly the item's interactions before the start of t's day: none after t
+    day_start = t0 + (ts - t0) // DAY * DAY
+    by_item = train.groupby("item_idx")["ts"]
+    expect["n_before"] = [
+        int((by_item.get_group(i - 1) < d).sum()) if i - 1 in by_item.groups else 0
+        for i, d in zip(items, day_start, strict=True)
+    ]
     expect = expect.sort_values(["ts", "item_id"]).reset_index(drop=True)
     np.testing.assert_allclose(got["pop_all"].to_numpy(), expect["pop_all"].to_numpy(), rtol=1e-6)
-    # the row valid at time t never includes interactions after t: activity snapshots are stamped after their day
+    np.testing.assert_allclose(np.expm1(got["pop_all"].to_numpy()), expect["n_before"].to_numpy(), atol=1e-3)
+    assert expect["n_before"].sum() > 0  # not a vacuous comparison of zeros
+    # user_activity: the row valid from time t holds exactly the user's interactions before t (the latest
+    # HISTORY_KEEP of them), so a training row never sees its future and the day's own clicks are included
     act = pd.read_parquet(recsys_settings.feast_dir / "data" / "user_activity.parquet")
-    assert (act["event_timestamp"].dt.hour == 0).all()
+    by_user = {int(u) + 1: g for u, g in train.groupby("user_idx")}
+    assert set(act["user_id"]) == set(by_user)
+    for row in act.itertuples():
+        g = by_user[row.user_id]
+        before = g[g["ts"] < row.event_timestamp.timestamp()]
+        assert row.n_interactions == len(before), row
+        assert list(row.recent_items) == (before["item_idx"].to_numpy()[-HISTORY_KEEP:] + 1).tolist(), row
 
 
 def test_redis_online_store_end_to_end(recsys_redis_settings: RecsysSettings) -> None:

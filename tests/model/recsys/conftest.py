@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from systems.recsys.data import Split
 from systems.recsys.pipeline import Artifacts, Recommender
-from systems.recsys.testing import ensure_small_model
+from systems.recsys.settings import RecsysSettings
+from tests.recsys_support import ci_split, ensure_small_model
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +27,9 @@ def small_quality(small_model_dir: Path) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def small_recommender(small_model_dir: Path) -> Recommender:
     return Recommender(Artifacts.load(small_model_dir))
+
+
+@pytest.fixture(scope="session")
+def small_split(small_model_dir: Path, shared_data_dir: Path) -> Split:
+    """The temporal split the small model was trained on, recomputed from the raw interactions."""
+    return ci_split(RecsysSettings(data_dir=shared_data_dir))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -154,30 +155,56 @@ def _tower() -> TwoTower:
     return TwoTower(cfg, torch.eye(6)[:, :2], torch.ones(6, 4))
 
 
+def _reference_loss(u: torch.Tensor, v: torch.Tensor, ids: list[int], log_q: list[float], tau: float) -> float:
+    """The sampled softmax by hand: logit (i, j) = u_i.v_j / tau - log q_j; row i's negatives are the other rows'
+    items except copies of its own item; the loss is the mean over rows of -log softmax at the diagonal."""
+    logits = (u @ v.T).numpy().astype(np.float64) / tau - np.asarray(log_q)[None, :]
+    losses = []
+    for i in range(len(ids)):
+        row = logits[i, [j for j in range(len(ids)) if j == i or ids[j] != ids[i]]]
+        losses.append(np.log(np.exp(row - row.max()).sum()) + row.max() - logits[i, i])
+    return float(np.mean(losses))
+
+
 def test_log_q_correction_and_duplicate_masking() -> None:
     torch.manual_seed(0)
     m = _tower()
+    tau = m.cfg.temperature
     u = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
     v = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
     ids = torch.tensor([0, 1, 2, 3])
     same = m.in_batch_loss(u, v, ids, torch.zeros(4))
+    assert float(same) == pytest.approx(_reference_loss(u, v, [0, 1, 2, 3], [0.0] * 4, tau), rel=1e-5)
     # a constant log q shifts every logit equally: softmax unchanged
     assert torch.allclose(same, m.in_batch_loss(u, v, ids, torch.full((4,), -3.0)))
-    # a popular item (high q) is penalised less as a negative -> the loss of the other rows goes down
-    assert m.in_batch_loss(u, v, ids, torch.tensor([0.0, 0.0, 0.0, 2.0])) != same
-    # the same item twice: the duplicate is masked, so two identical rows give a finite, lower loss
-    dup = torch.tensor([0, 0, 2, 3])
-    assert torch.isfinite(m.in_batch_loss(u, v, dup, torch.zeros(4)))
+    # log q_j comes off column j (not row i): a popular item (high q) weighs less as every other row's negative
+    log_q = [0.0, 0.0, 0.0, 2.0]
+    corrected = float(m.in_batch_loss(u, v, ids, torch.tensor(log_q)))
+    assert corrected == pytest.approx(_reference_loss(u, v, [0, 1, 2, 3], log_q, tau), rel=1e-5)
+    assert corrected != pytest.approx(float(same), rel=1e-3)  # a per-row shift would leave the loss unchanged
+    # the same item twice (same id, same vector): the copy is masked, it is not a negative for its twin
+    v_dup = v.clone()
+    v_dup[1] = v_dup[0]
+    masked = float(m.in_batch_loss(u, v_dup, torch.tensor([0, 0, 2, 3]), torch.zeros(4)))
+    assert masked == pytest.approx(_reference_loss(u, v_dup, [0, 0, 2, 3], [0.0] * 4, tau), rel=1e-5)
+    # unmasked, rows 0 and 1 would each compete with a logit equal to their own positive: a finite, lower loss
+    assert np.isfinite(masked) and masked < _reference_loss(u, v_dup, [0, 1, 2, 3], [0.0] * 4, tau)
 
 
-def test_user_tower_uses_history_only() -> None:
+def test_user_tower_has_no_user_id_and_moves_with_history() -> None:
+    """A user is what they did: no per-user parameters; the vector is a function of the history items (padding
+    carries nothing) and the demographics, so a new click moves it and an empty history still embeds."""
     m = _tower().eval()
     pad = 7
+    table_rows = {e.num_embeddings for e in m.modules() if isinstance(e, torch.nn.Embedding)}
+    assert table_rows == {6 + 2, 9, 3, 3 + 1}  # item tables (+unknown, +pad) and the categoricals, no user table
     cats = torch.tensor([[8, 2, 3], [8, 2, 3]])
     hist = torch.tensor([[pad, pad, 1], [pad, pad, 2]])
     u = m.user_embed(hist, cats)
     assert u.shape == (2, 8) and not torch.allclose(u[0], u[1])
     assert torch.allclose(u.norm(dim=-1), torch.ones(2))
+    longer_padding = m.user_embed(torch.tensor([[pad, pad, pad, pad, 1]]), cats[:1])
+    torch.testing.assert_close(longer_padding[0], u[0])
     empty = m.user_embed(torch.full((1, 3), pad), cats[:1])
     assert torch.isfinite(empty).all()
 
@@ -191,6 +218,10 @@ def test_pad_histories_and_context() -> None:
 def test_experiment_assignment_is_deterministic_and_balanced() -> None:
     exp = Experiment("e1", ("a", "b"), (0.5, 0.5))
     assert [exp.assign(u) for u in range(50)] == [exp.assign(u) for u in range(50)]
+    # deterministic across processes and restarts, not just within one: a pure function of sha256("e1:<user>")
+    # (Python's salted hash() would pass the line above and reshuffle users at every deploy)
+    by_hash = ["a" if int(hashlib.sha256(f"e1:{u}".encode()).hexdigest()[:16], 16) < 2**63 else "b" for u in range(50)]
+    assert [Experiment("e1", ("a", "b"), (0.5, 0.5)).assign(u) for u in range(50)] == by_hash
     share = np.mean([exp.assign(u) == "b" for u in range(20_000)])
     assert share == pytest.approx(0.5, abs=0.015)
     other = Experiment("e2", ("a", "b"), (0.5, 0.5))
