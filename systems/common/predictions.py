@@ -55,12 +55,24 @@ Value = Scalar | list[float | int | str | bool | None]
 MAX_ID_CHARS = 200
 
 
-class PredictionRecord(BaseModel):
-    """One answer of one model, as monitoring needs it (drift on features/output, joins on the id)."""
+class _Versioned(BaseModel):
+    """What both records share: a schema version readers check, tolerant reading, immutability."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v > SCHEMA_VERSION:
+            raise ValueError(f"schema_version {v} is newer than this reader ({SCHEMA_VERSION})")
+        return v
+
+
+class PredictionRecord(_Versioned):
+    """One answer of one model, as monitoring needs it (drift on features/output, joins on the id)."""
+
     system: str = Field(min_length=1, max_length=64, description="fraud, recsys, textclf …")
     model_name: str = Field(min_length=1, max_length=200, description="registered model name")
     model_version: str = Field(min_length=1, max_length=200, description="registered version, or a content hash")
@@ -71,13 +83,6 @@ class PredictionRecord(BaseModel):
     output: dict[str, Value] = Field(description="score, class, item ids … as answered")
     latency_ms: float = Field(ge=0, description="model-side latency of this prediction")
 
-    @field_validator("schema_version")
-    @classmethod
-    def _known_version(cls, v: int) -> int:
-        if v > SCHEMA_VERSION:
-            raise ValueError(f"schema_version {v} is newer than this reader ({SCHEMA_VERSION})")
-        return v
-
     @field_validator("latency_ms")
     @classmethod
     def _finite(cls, v: float) -> float:
@@ -86,16 +91,13 @@ class PredictionRecord(BaseModel):
         return v
 
 
-class LabelRecord(BaseModel):
+class LabelRecord(_Versioned):
     """Ground truth for an earlier prediction (by ``prediction_id``) or for an entity (``entity_key``).
 
     ``attributes`` holds what the label's own system needs besides the label (fraud: the terminal of the
     charged-back transaction, which feeds terminal risk); monitoring ignores it.
     """
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    schema_version: int = Field(default=SCHEMA_VERSION, ge=1)
     system: str = Field(min_length=1, max_length=64)
     prediction_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
     entity_key: str | None = Field(default=None, min_length=1, max_length=MAX_ID_CHARS)
@@ -103,13 +105,6 @@ class LabelRecord(BaseModel):
     label_ts_ms: int = Field(ge=0, lt=2**53, description="when the label became known")
     event_ts_ms: int | None = Field(default=None, ge=0, lt=2**53, description="the labelled event's time")
     attributes: dict[str, Scalar] = Field(default_factory=dict)
-
-    @field_validator("schema_version")
-    @classmethod
-    def _known_version(cls, v: int) -> int:
-        if v > SCHEMA_VERSION:
-            raise ValueError(f"schema_version {v} is newer than this reader ({SCHEMA_VERSION})")
-        return v
 
     @field_validator("label")
     @classmethod
@@ -123,6 +118,25 @@ class LabelRecord(BaseModel):
         if self.prediction_id is None and self.entity_key is None:
             raise ValueError("a label needs a prediction_id or an entity_key to be joined")
         return self
+
+
+class RetrainRequest(_Versioned):
+    """A request, on ``retrain.requests``, that a system retrain a model (published by monitoring's alerts).
+
+    Consumers (fraud's retrain, the text classifier's pipeline) act on requests whose ``system`` and
+    ``model_name`` are theirs, at most once per ``request_id`` (re-delivery is normal: the topic is
+    at-least-once), and report the outcome by registering a new version whose tags carry ``request_id``.
+    """
+
+    request_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="unique; the idempotency key")
+    incident_id: str = Field(min_length=1, max_length=MAX_ID_CHARS, description="the alert incident behind it")
+    system: str = Field(min_length=1, max_length=64)
+    model_name: str = Field(min_length=1, max_length=200)
+    model_version: str = Field(min_length=1, max_length=200, description="the version that degraded")
+    reason: str = Field(min_length=1, max_length=2000, description="what fired, e.g. drift on 3 features")
+    severity: str = Field(default="warning", max_length=32)
+    requested_ts_ms: int = Field(ge=0, lt=2**53)
+    evidence: dict[str, Scalar] = Field(default_factory=dict, description="the numbers that fired the alert")
 
 
 # ----------------------------------------------------------------------------------------------- encoder

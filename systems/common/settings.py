@@ -87,6 +87,8 @@ class MlsdSettings(BaseSettings):
     """Records a service buffers for the broker before it drops (and counts) new ones."""
     predictions_delivery_timeout_ms: int = 10_000
     """How long the producer keeps retrying one record while the broker is unreachable."""
+    retrain_requests_topic: str = "retrain.requests"
+    """Where monitoring asks for retraining (``systems.common.predictions.RetrainRequest``)."""
 
     _run_id: str | None = PrivateAttr(default=None)
 
