@@ -172,7 +172,8 @@ class DecisionStore:
         return self._db.insert_ignore("decisions", DECISION_COLUMNS, rows)
 
     def count(self) -> tuple[int, int]:
-        """(rows, distinct tx ids): equal by construction, checked by the fault test anyway."""
+        """(rows, distinct tx ids). The primary key makes them equal by construction, so duplicates are never
+        counted here: the fault checks count them on the ``decisions`` topic, where they can occur."""
         r = self._db.query("SELECT COUNT(*), COUNT(DISTINCT tx_id) FROM decisions")[0]
         return int(r[0]), int(r[1])
 
