@@ -433,29 +433,45 @@ def dead_letter_topic(topic: str) -> str:
     return f"{topic}.dlq"
 
 
+DEAD_LETTER_MAX_VALUE_BYTES = 16_384
+"""A dead letter keeps at most this much of the bad payload (plus its size and sha256): an escaped copy of a
+large or binary message could exceed the producer's 1 MB limit, and dead-lettering must never fail."""
+
+
 class DeadLetter(BaseModel):
-    """A message that could not be processed, with where it came from and why."""
+    """A message that could not be processed, with where it came from and why (bounded in size)."""
 
     source_topic: str
     partition: int
     offset: int
     key: str | None
     value: str
+    """The payload's first ``DEAD_LETTER_MAX_VALUE_BYTES`` bytes, decoded with replacement characters."""
+    value_bytes: int = 0
+    value_sha256: str = ""
+    truncated: bool = False
     reason: str
     ts_ms: int
 
 
 def send_to_dead_letter(producer: Producer, record: Record, reason: str) -> None:
+    import hashlib
+
+    head = record.value[:DEAD_LETTER_MAX_VALUE_BYTES]
+    key = record.key[:512].decode(errors="replace") if record.key is not None else None
     letter = DeadLetter(
         source_topic=record.topic,
         partition=record.partition,
         offset=record.offset,
-        key=record.key.decode(errors="replace") if record.key is not None else None,
-        value=record.value.decode(errors="replace"),
+        key=key,
+        value=head.decode(errors="replace"),
+        value_bytes=len(record.value),
+        value_sha256=hashlib.sha256(record.value).hexdigest(),
+        truncated=len(head) < len(record.value),
         reason=reason[:2000],
         ts_ms=int(time.time() * 1000),
     )
-    publish(producer, dead_letter_topic(record.topic), letter, key=record.key)
+    publish(producer, dead_letter_topic(record.topic), letter, key=record.key[:512] if record.key else None)
 
 
 def describe_error(exc: Exception) -> str:

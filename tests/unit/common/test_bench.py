@@ -34,10 +34,11 @@ def test_open_loop_shows_queueing_when_offered_rate_exceeds_capacity() -> None:
         return under, over
 
     under, over = asyncio.run(scenario())
-    assert under.latency_ms["p99"] < 40
+    # Under capacity the latency is the 10 ms of service (plus event-loop noise on a busy machine)...
+    assert under.latency_ms["p50"] < 30 and under.latency_ms["p99"] < 100
     assert under.errors == 0 and under.achieved_rps == pytest.approx(50, rel=0.15)
-    # Overloaded: each request waits for all earlier ones; a closed-loop tester would report ~10 ms.
-    assert over.latency_ms["p99"] > 300
+    # ...overloaded, each request waits for all earlier ones: a closed-loop tester would still report ~10 ms.
+    assert over.latency_ms["p99"] > 300 and over.latency_ms["p99"] > 5 * under.latency_ms["p99"]
     assert over.achieved_rps < 130
 
 
