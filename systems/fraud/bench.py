@@ -442,7 +442,8 @@ def _plot(result: dict[str, Any]) -> Any:
             )
         ax.set_ylabel("Average Precision")
         ax.set_title("model x imbalance strategy: chosen on validation, reported on test")
-        ax.legend(fontsize=7)
+        ax.set_ylim(0, 0.95)  # room above the bars for the legend
+        ax.legend(fontsize=7, loc="upper center", ncol=2)
         ax = axes[1]
         for key, marker in (("stream", "o"), ("api", "s")):
             runs = result.get(key, {}).get("latency", {})
