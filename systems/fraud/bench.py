@@ -465,16 +465,20 @@ def _plot(result: dict[str, Any]) -> Any:
 
 
 def run_bench(
-    out: Path,
+    out: Path | None = None,
     *,
     quick: bool = False,
     settings: FraudSettings | None = None,
     parts: tuple[str, ...] = ("simulator", "quality", "stream", "api", "fault"),
     repeats: int = 3,
 ) -> dict[str, Any]:
-    """Run the selected parts and write JSON + PNG; returns the result dict."""
+    """Run the selected parts, each a section (with provenance) of ``out``; returns the result dict.
+
+    ``out`` defaults to the committed ``systems/fraud/bench/fraud.json`` — except for ``quick`` smoke runs, which
+    write under the data dir unless told otherwise, so they never touch the committed report.
+    """
     from systems.common import registry
-    from systems.common.bench import BenchReport, write_report
+    from systems.common.bench import BenchReport
 
     base = settings or FraudSettings()
     base.ensure_dirs()
@@ -486,6 +490,9 @@ def run_bench(
     sim = simulate(cfg)  # timed inside simulate()
     ds = write_dataset(sim, base.datasets_dir / "fraud")
     scen = sim.transactions["scenario"].value_counts().to_dict()
+    if out is None and quick:
+        out = base.system_dir("fraud") / "bench-quick.json"
+    report = BenchReport("fraud", out=out)
     result["simulator"] = {
         "seconds": round(sim.seconds, 2),
         "transactions": len(sim.transactions),
@@ -500,20 +507,17 @@ def run_bench(
     t0 = time.perf_counter()
     frame = add_features(sim.transactions)
     result["features"] = {"batch_seconds": round(time.perf_counter() - t0, 2), "n_features": len(FEATURES)}
+    report.section("simulator", {**result["simulator"], "features": result["features"]})
     split_cfg = SplitConfig() if not quick else SplitConfig(start_day=31, train_days=9, calib_days=2, test_days=7)
 
     registry.configure(base)
-    # smoke runs never touch the committed report (systems/fraud/bench/fraud.json)
-    report = None if quick else BenchReport("fraud")
     if "quality" in parts:
-        result["quality"] = bench_quality(base, frame, split_cfg)  # registers the champion
-        if report is not None:
-            report.section("quality", result["quality"])
-            report.plot(_plot(report.data))
+        result["quality"] = report.section("quality", bench_quality(base, frame, split_cfg))  # registers the champion
+        report.plot(_plot(report.data))
         h = result["quality"]["headline"]
         result["champion"] = {k: h[k] for k in ("version", "kind", "strategy", "ap")}
     else:
-        result["champion"] = _bench_champion(base, frame, split_cfg, None if report is None else report.get("quality"))
+        result["champion"] = _bench_champion(base, frame, split_cfg, report.get("quality"))
     start_day = 45 if quick else STREAM_START_DAY
     tx = sim.transactions
 
@@ -540,18 +544,21 @@ def run_bench(
                 )
             thr = {k: statistics.median(t["throughput_tps"] for t in v) for k, v in thr_runs.items()}
             lat = _median_latency(lat_runs)
-            result["stream"] = {
+            stream = {
                 "throughput_tps": max(thr.values()),
                 "throughput": {f"{k}_scorers": {"median_tps": v, "runs": thr_runs[k]} for k, v in thr.items()},
                 "latency": lat,
                 "latency_runs": lat_runs,
-                **{r: {"latency_ms": v["latency_ms"]} for r, v in lat.items()},
+                "repeats": repeats,
+                "champion": result["champion"],
             }
+            result["stream"] = report.section("stream", stream)
         if "fault" in parts:
             n_fault = 10_000 if quick else 60_000
-            result["fault"] = bench_fault(
+            fault = bench_fault(
                 bset, tx, start_day=start_day, n_tx=n_fault, kill_after=n_fault // 4, log=logs / "fault.log"
             )
+            result["fault"] = report.section("fault", fault)
     finally:
         broker.stop()
     if "api" in parts:
@@ -561,10 +568,6 @@ def run_bench(
             for _ in range(repeats)
         ]
         api = _median_latency(api_runs)
-        result["api"] = {
-            "latency": api,
-            "latency_runs": api_runs,
-            **{r: {"latency_ms": v["latency_ms"]} for r, v in api.items()},
-        }
-    write_report(result, out, plot=_plot(result))
+        result["api"] = report.section("api", {"latency": api, "latency_runs": api_runs, "repeats": repeats})
+    report.plot(_plot(report.data))
     return result

@@ -5,7 +5,7 @@ mlsd fraud train --compare                # choose on validation, score on test,
 mlsd broker up && mlsd fraud up --scorers 2 --api   # scorers + label sink (+ API) until Ctrl-C
 mlsd fraud replay --rate 2000 --days 1    # transactions and their late labels into Kafka
 mlsd fraud retrain --if-ap-below 0.6      # retrain on matured labels, gate, move `champion`
-mlsd fraud bench --out .mlsd/bench/fraud.json
+mlsd fraud bench          # systems/fraud/bench/fraud.json (+ PNG); --parts, --repeats
 mlsd fraud demo                           # all of it, small, in about a minute
 """
 
@@ -239,10 +239,12 @@ def retrain(
 
 @app.command()
 def bench(
-    out: Annotated[Path, typer.Option(help="JSON report (a PNG is written beside it)")] = Path(
-        ".mlsd/bench/fraud.json"
-    ),
-    quick: Annotated[bool, typer.Option(help="small smoke run, not numbers to publish")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="JSON report (a PNG beside it); default: systems/fraud/bench/fraud.json")
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="small smoke run, not numbers to publish (written under the data dir)")
+    ] = False,
     repeats: Annotated[int, typer.Option(help="runs of the stream and api parts; medians are reported")] = 3,
     parts: Annotated[str, typer.Option(help="comma-separated subset of quality,stream,api,fault")] = (
         "quality,stream,api,fault"
@@ -262,7 +264,7 @@ def bench(
     result = run_bench(out, quick=quick, parts=("simulator", *chosen), repeats=repeats)
     keys = ("simulator", "quality", "stream", "api", "fault")
     console.print_json(json.dumps({k: result.get(k) for k in keys}, default=str))
-    console.print(f"[green]✓[/] wrote {out} and {out.with_suffix('.png')}")
+    console.print(f"[green]✓[/] wrote {out or 'systems/fraud/bench/fraud.json'} and its PNG")
 
 
 def demo(
