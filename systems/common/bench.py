@@ -303,9 +303,11 @@ class BenchReport:
         self.data: dict[str, Any] = {}
         if self.path.exists():
             try:
-                self.data = json.loads(self.path.read_text())
+                previous = json.loads(self.path.read_text())
             except json.JSONDecodeError:
-                self.data = {}
+                previous = {}
+            # only measured sections survive: an entry without provenance is not a number anyone can trace
+            self.data = {k: v for k, v in previous.items() if isinstance(v, dict) and "provenance" in v}
         self.data["system"] = system
 
     @property

@@ -110,6 +110,7 @@ def bench(
     retrain: Annotated[bool, typer.Option(help="retrain even if a model exists")] = False,
     workers: Annotated[int, typer.Option(help="uvicorn workers for the serving run")] = 2,
     reuse_index: Annotated[bool, typer.Option(help="reuse the saved 1M-item ANN index and sweep if present")] = False,
+    only: Annotated[str, typer.Option(help="comma list of quality,ann,serving,freshness,abtest ('' = all)")] = "",
 ) -> None:
     """Quality, ANN recall/QPS at scale, serving latency under open-loop load, freshness."""
     import logging
@@ -128,11 +129,17 @@ def bench(
         retrain=retrain,
         workers=workers,
         reuse_index=reuse_index,
+        only={x.strip() for x in only.split(",") if x.strip()} or None,
     )
-    console.print(quality_table(res["quality"]))
-    console.print({"ann": {k: res["ann"][k] for k in ("index", "param", "value", "qps", "recall@10")}})
-    console.print({r: v["latency_ms"] for r, v in res["serving"].items() if isinstance(v, dict) and "latency_ms" in v})
-    console.print({"freshness_ms": res["freshness_ms"]})
+    if "quality" in res:
+        console.print(quality_table(res["quality"]))
+    if "ann" in res:
+        console.print({"ann": {k: res["ann"][k] for k in ("index", "param", "value", "qps", "recall@10")}})
+        serving = res["serving"].items()
+        console.print({r: v["latency_ms"] for r, v in serving if isinstance(v, dict) and "latency_ms" in v})
+        console.print({"freshness_ms": res["freshness_ms"]})
+    if "abtest" in res:
+        console.print_json(json.dumps({k: v for k, v in res["abtest"].items() if k != "provenance"}, default=float))
 
 
 @app.command()

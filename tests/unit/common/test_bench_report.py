@@ -47,12 +47,15 @@ def test_a_number_with_no_measurement_behind_it_is_an_error() -> None:
 
 def test_bench_report_keeps_other_sections_and_stamps_provenance(tmp_path: Path) -> None:
     out = tmp_path / "systems" / "demo" / "bench" / "demo.json"
+    out.parent.mkdir(parents=True)
+    out.write_text(json.dumps({"machine": {"loadavg_1m": 1}, "typed": 0.7, "old": {"x": 1}}))  # legacy, untraceable
     first = BenchReport("demo", out=out, command="mlsd demo bench")
     first.section("a", {"x": 1})
     second = BenchReport("demo", out=out, command="mlsd demo bench --only b")
     second.section("b", {"y": 2})
     doc = json.loads(out.read_text())
     assert doc["a"]["x"] == 1 and doc["b"]["y"] == 2
+    assert set(doc) == {"system", "a", "b"}, "entries without provenance are dropped"
     assert doc["a"]["provenance"]["command"] == "mlsd demo bench"
     assert doc["b"]["provenance"]["command"] == "mlsd demo bench --only b"
     for section in ("a", "b"):
