@@ -35,6 +35,10 @@ class MonitoringSettings(MlsdSettings):
     """No realised-performance or drift alert on fewer records than this in a window."""
     alert_cooldown_s: float = 600.0
     """After an incident fires, the same cause does not fire again for this long (one incident, not a storm)."""
+    admin_token: str | None = None
+    """Bearer token required on admin endpoints (the Alertmanager webhook); None = no token (local demo)."""
+    prometheus_url: str | None = None
+    """Where the dashboard reads ops metrics (latency, errors, throughput); None = not shown."""
     prometheus_port: int = 9090
     alertmanager_port: int = 9093
     reference_dir: Path | None = None
