@@ -199,6 +199,7 @@ class MonitoringCollector(Collector):
         }
         watermarks: dict[str, int] = {}
         floors: set[tuple[str, str, str]] = set()
+        references: set[tuple[str, str, str]] = set()
         for (system, model, version), r in latest.items():
             base = [system, model, version]
             ok = r.count >= self.view.min_samples
@@ -216,30 +217,36 @@ class MonitoringCollector(Collector):
                         g["mlsd_monitoring_feature_drift"].add_metric([*base, name], _finite(score))
                 quality = r.data_quality or data_quality_from_drift(r.drift)
                 for feature, q in quality.items():
-                    g["mlsd_monitoring_null_share"].add_metric([*base, feature], _finite(q.get("null_share")))
-                    g["mlsd_monitoring_reference_null_share"].add_metric(
-                        [system, model, feature], _finite(q.get("reference_null_share"))
-                    )
+                    null = q.get("null_share") if ok else None
+                    g["mlsd_monitoring_null_share"].add_metric([*base, feature], _finite(null))
+                    if (system, model, feature) not in references:  # one series per model, not per version
+                        references.add((system, model, feature))
+                        g["mlsd_monitoring_reference_null_share"].add_metric(
+                            [system, model, feature], _finite(q.get("reference_null_share"))
+                        )
                     if q.get("unseen_share") is not None:
-                        g["mlsd_monitoring_unseen_share"].add_metric([*base, feature], _finite(q.get("unseen_share")))
+                        unseen = q.get("unseen_share") if ok else None
+                        g["mlsd_monitoring_unseen_share"].add_metric([*base, feature], _finite(unseen))
             for m in r.realised:
                 labels = [*base, m.name]
-                g["mlsd_monitoring_realised_metric"].add_metric(labels, _finite(m.value))
-                g["mlsd_monitoring_realised_metric_low"].add_metric(labels, _finite(m.low))
-                g["mlsd_monitoring_realised_metric_high"].add_metric(labels, _finite(m.high))
+                enough = m.n >= self.policy.min_samples
+                g["mlsd_monitoring_realised_metric"].add_metric(labels, _finite(m.value if enough else None))
+                g["mlsd_monitoring_realised_metric_low"].add_metric(labels, _finite(m.low if enough else None))
+                g["mlsd_monitoring_realised_metric_high"].add_metric(labels, _finite(m.high if enough else None))
                 target = self.policy.targets.get(m.name)
                 if target is not None and (system, model, m.name) not in floors:
                     floors.add((system, model, m.name))
                     which = "floor" if target.higher_is_better else "ceiling"
                     g[f"mlsd_monitoring_metric_{which}"].add_metric([system, model, m.name], target.bound)
             for m in r.estimated:
-                g["mlsd_monitoring_estimated_metric"].add_metric([*base, m.name], _finite(m.value))
+                g["mlsd_monitoring_estimated_metric"].add_metric([*base, m.name], _finite(m.value if ok else None))
             for slice_name, metrics in r.slices.items():
                 for m in metrics:
                     labels = [*base, slice_name, m.name]
-                    g["mlsd_monitoring_slice_metric"].add_metric(labels, _finite(m.value))
-                    g["mlsd_monitoring_slice_metric_low"].add_metric(labels, _finite(m.low))
-                    g["mlsd_monitoring_slice_metric_high"].add_metric(labels, _finite(m.high))
+                    enough = m.n >= self.policy.slice_min_samples
+                    g["mlsd_monitoring_slice_metric"].add_metric(labels, _finite(m.value if enough else None))
+                    g["mlsd_monitoring_slice_metric_low"].add_metric(labels, _finite(m.low if enough else None))
+                    g["mlsd_monitoring_slice_metric_high"].add_metric(labels, _finite(m.high if enough else None))
             if r.label_delay_s_p50 is not None:
                 g["mlsd_monitoring_label_delay_seconds"].add_metric(base, float(r.label_delay_s_p50))
         now_ms = time.time() * 1000
