@@ -1,4 +1,8 @@
-"""``mlsd dist bench --out FILE.json``: every claim of the walkthrough, measured once on this machine.
+"""``mlsd dist bench``: every claim of the walkthrough, measured once on this machine.
+
+Writes ``systems/distributed_training/bench/distributed_training.json`` (and ``.png``) through
+``systems.common.bench.BenchReport``: every section carries its own provenance (command, git sha, machine,
+load average), and ``--only`` re-runs replace those sections and keep the others.
 
 Sections (keys of the JSON):
 
@@ -10,8 +14,9 @@ Sections (keys of the JSON):
   ``comm_share`` = 1 - t(2 procs, no all-reduce) / t(2 procs): the exposed communication.
 * ``ps_vs_allreduce``: the same model, data and samples through DDP and a parameter server (sync, async).
 * ``allreduce_bench``: gloo all-reduce, 1 KiB .. 64 MiB, algbw and busbw.
-* ``ray``: the same loop under Ray Train vs torchrun (steady-state step time; start-up apart), plus a
-  SIGKILLed worker under ``FailureConfig``.
+* ``ray``: the same loop, config, data and threads under Ray Train vs torchrun, alternating pairs;
+  steady-state wall time *and* CPU time per step (start-up apart), each side's effective config checked
+  equal; plus a SIGKILLed worker under ``FailureConfig``.
 * ``chaos``: SIGKILL one torchrun rank -> ``steps_lost``, ``recovery_s``.
 * ``image``: the image workload (blocks image pipeline + feed-forward classifier, digits at 16 px), 1 vs 2
   ranks at the same global batch -> ``images_per_s.<ranks>`` (medians), held-out accuracy, loss difference.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import statistics
 from collections.abc import Callable
@@ -58,18 +64,33 @@ def steady_step_s(run_dir: Path, *, skip: int = 5) -> float:
     return statistics.median(times[skip:] if len(times) > skip else times)
 
 
-def step_stats(run_dir: Path, *, skip: int = 5, until: float = float("inf")) -> dict[str, float]:
-    """Median and 10th percentile of the steady-state step time, and the intra-op threads rank 0 ran with.
+def step_stats(run_dir: Path, *, skip: int = 5) -> dict[str, Any]:
+    """Steady-state step statistics of one run (rank 0's records after ``skip`` warm-up steps).
 
-    On a shared machine the median moves with other people's load; the 10th percentile (the steps that
-    got a core to themselves) is the steadier estimate of what the code path itself costs.
+    ``median_s`` / ``p10_s``: wall time per step (the 10th percentile: the steps that got a core to
+    themselves). ``cpu_s``: median CPU seconds per step over all of rank 0's threads: what the code path
+    costs, whoever else wants the cores. ``rq_wait_s``: median seconds per step the training thread was
+    runnable but waited for a core: what the machine's other load cost. Wall ~ CPU + runqueue wait (+ waits
+    on the peer rank). ``config`` / ``layout``: the ``start`` record's effective config and process layout.
     """
     recs = read_metrics(run_dir / "metrics.jsonl")
-    times = [r["step_s"] for r in recs if r["event"] == "step" and r["time"] < until]
-    times = times[skip:] if len(times) > skip else times
-    starts = [r for r in recs if r["event"] == "start"]
+    steps = [r for r in recs if r["event"] == "step"]
+    steps = steps[skip:] if len(steps) > skip else steps
+    times = [r["step_s"] for r in steps]
+    start = next(r for r in recs if r["event"] == "start")
     q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]]
-    return {"median_s": statistics.median(times), "p10_s": q[0], "threads": starts[0].get("threads", -1)}
+    waits = [r["rq_wait_s"] for r in steps if "rq_wait_s" in r]
+    return {
+        "median_s": statistics.median(times),
+        "p10_s": q[0],
+        "cpu_s": statistics.median(r["cpu_s"] for r in steps),
+        "rq_wait_s": statistics.median(waits) if waits else None,
+        "steps_timed": len(times),
+        "first_step_timed": steps[0]["step"],
+        "threads": start.get("threads", -1),
+        "config": start.get("config", {}),
+        "layout": start.get("layout", {}),
+    }
 
 
 def bench_equivalence(work: Path, tokens: Path) -> dict[str, Any]:
@@ -80,6 +101,8 @@ def bench_equivalence(work: Path, tokens: Path) -> dict[str, Any]:
     return {
         "preset": "cpu_debug",
         "steps": len(one),
+        # the 2-rank run's losses every 10 steps and at the end: what `mlsd dist train` prints on this corpus
+        "losses_2proc": {str(k): v for k, v in two.items() if k % 10 == 0 or k == max(two)},
         "max_loss_diff": _max_diff(one, two),
         "golden_max_diff": max_abs_diff(one, load_golden()),
         "golden_atol": GOLDEN_ATOL,
@@ -162,6 +185,7 @@ def bench_ps(work: Path, tokens: Path, *, steps: int) -> dict[str, Any]:
     )
     recs = [r for r in read_metrics(ddp_dir / "metrics.jsonl") if r["event"] == "step"]
     ddp_wall = sum(r["step_s"] for r in recs)
+    ddp_losses = {int(r["step"]): float(r["loss"]) for r in recs}
     from systems.distributed_training.model import GPT, MODEL_PRESETS
 
     n_params = sum(p.numel() for p in GPT(MODEL_PRESETS["cpu_small"]()).parameters())
@@ -188,6 +212,9 @@ def bench_ps(work: Path, tokens: Path, *, steps: int) -> dict[str, Any]:
         args += ["--tokens", str(tokens), "--run-dir", str(run_dir)]
         run_torchrun("systems.distributed_training.ps", args, nproc=3, log_path=work / f"ps_{mode}.log")
         res = json.loads((run_dir / "ps_result.json").read_text())
+        by_step = {int(k): float(v) for k, v in res["losses"].items()}
+        if mode == "sync":  # the same arithmetic as DDP, step for step (async applies 2x as many updates)
+            res["max_loss_diff_vs_ddp"] = max(abs(by_step[k] - ddp_losses[k]) for k in ddp_losses)
         losses = list(res.pop("losses").values())
         res["final_train_loss"] = losses[-1] if losses else None
         res["bytes_per_step_total"] = res["bytes_per_step"]
@@ -225,77 +252,131 @@ def bench_chaos(work: Path, tokens: Path) -> dict[str, Any]:
     return d
 
 
-def bench_ray(work: Path, tokens: Path, small: Path, *, steps: int, repeats: int = 3) -> dict[str, Any]:
-    """Ray Train vs torchrun on the same 2-rank cpu_small config, interleaved in alternating order (torchrun
-    then Ray, Ray then torchrun, ...) so both see the same background load on average; both at one intra-op
-    thread per rank (torchrun: OMP_NUM_THREADS=1; Ray: ``threads=1``), checked from each run's log. Then
-    one Ray run with a SIGKILLed worker."""
-    import os
-    import time
+RAY_PEER_PRESET = "cpu_small"
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
 
+def ray_peer_overrides(steps: int) -> dict[str, Any]:
+    """The one ``TrainConfig`` override set both launchers get in the Ray comparison: 2 ranks x micro-batch
+    8 = global batch 16, loss logged every 10 steps, no checkpoint before the last step."""
+    return {"max_steps": steps, "micro_batch_size": 8, "global_batch_size": 16, "log_every": 10, "ckpt_every": 100000}
+
+
+def train_flags(overrides: dict[str, Any]) -> list[str]:
+    """``overrides`` as ``train.py`` flags (``max_steps=40`` -> ``--max-steps 40``): derived, never retyped,
+    so the torchrun side cannot drift from the Ray side's overrides."""
+    flags: list[str] = []
+    for key, value in overrides.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags += [flag] if value else []
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+# in the effective config but not a property of the comparison: nothing here may differ between the sides
+_CONFIG_DIFF_IGNORED: frozenset[str] = frozenset()
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between two runs' effective configs (a key missing on one side differs)."""
+    keys = (set(a) | set(b)) - _CONFIG_DIFF_IGNORED
+    return {k: (a.get(k), b.get(k)) for k in sorted(keys) if a.get(k) != b.get(k)}
+
+
+def run_peer_torchrun(work: Path, tokens: Path, overrides: dict[str, Any], *, name: str = "ray_peer_torchrun") -> Path:
+    """The torchrun side of the comparison: 2 ranks of ``train.py`` with ``overrides`` as flags."""
+    return _train(work, name, 2, tokens, RAY_PEER_PRESET, *train_flags(overrides))
+
+
+def run_peer_ray(work: Path, tokens: Path, overrides: dict[str, Any], *, name: str = "ray") -> tuple[Path, Any]:
+    """The Ray side: the same loop and ``overrides`` in 2 ``TorchTrainer`` workers at 1 thread each."""
     from systems.distributed_training.ray_train import run_ray_training
 
-    overrides = {"max_steps": steps, "micro_batch_size": 8, "global_batch_size": 16, "log_every": 10}
-    flags = ["--max-steps", str(steps), "--micro-batch-size", "8", "--global-batch-size", "16", "--log-every", "10"]
-    t0 = time.perf_counter()
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    ray_init_s = time.perf_counter() - t0
-    torchrun_runs: list[dict[str, float]] = []
-    ray_runs: list[dict[str, float]] = []
+    run_dir = work / name
+    shutil.rmtree(run_dir, ignore_errors=True)
+    rep = run_ray_training(preset=RAY_PEER_PRESET, tokens=tokens, run_dir=run_dir, overrides=overrides, threads=1)
+    return run_dir, rep
+
+
+def _pct(a: float, b: float) -> float:
+    return 100.0 * (a / b - 1.0)
+
+
+def bench_ray(work: Path, tokens: Path, small: Path, *, steps: int, pairs: int = 5) -> dict[str, Any]:
+    """Ray Train vs torchrun: the same loop, overrides, data and thread count, ``pairs`` alternating pairs
+    (torchrun then Ray, Ray then torchrun, ...) so both sides see the same background load on average.
+    Warm-up (first 5 steps) and start-up are excluded on both sides; each run's effective config is read
+    back from its own ``start`` record and a pair whose configs differ is an error, not a number. Then one
+    Ray run with a SIGKILLed worker.
+
+    Two overheads per pair: wall time per step (what a user sees on this machine) and CPU seconds per step
+    (what the code path costs). On a shared machine the first also measures how the OS scheduler treats
+    each launcher's processes (``rq_wait_s``: time runnable but without a core); the second does not.
+    """
+    from systems.distributed_training.ray_train import run_ray_training, start_local_ray
+
+    overrides = ray_peer_overrides(steps)
+    ray_init_s = start_local_ray(num_cpus=4)
+    import ray  # after start_local_ray: it sets Ray's environment first
+
+    torchrun_runs: list[dict[str, Any]] = []
+    ray_runs: list[dict[str, Any]] = []
     startup: list[float] = []
     last: dict[str, Any] = {}
 
     def torchrun_once() -> None:
         load = os.getloadavg()[0]
-        tr = _train(work, "ray_peer_torchrun", 2, tokens, "cpu_small", *flags, "--ckpt-every", "100000")
-        torchrun_runs.append({**step_stats(tr), "load_1min": load})
+        torchrun_runs.append({**step_stats(run_peer_torchrun(work, tokens, overrides)), "load_1min": load})
 
     def ray_once() -> None:
-        shutil.rmtree(work / "ray", ignore_errors=True)
         load = os.getloadavg()[0]
-        rep = run_ray_training(
-            preset="cpu_small",
-            tokens=tokens,
-            run_dir=work / "ray",
-            overrides={**overrides, "ckpt_every": 100000},
-            threads=1,
-        )
-        ray_runs.append({**step_stats(work / "ray"), "load_1min": load})
+        run_dir, rep = run_peer_ray(work, tokens, overrides)
+        ray_runs.append({**step_stats(run_dir), "load_1min": load})
         startup.append(rep.startup_s)
         last.update(rep.to_dict())
 
     try:
-        for i in range(repeats):
+        for i in range(pairs):
             for fn in (torchrun_once, ray_once) if i % 2 == 0 else (ray_once, torchrun_once):
                 fn()
+            diff = config_differences(torchrun_runs[-1]["config"], ray_runs[-1]["config"])
+            if diff:
+                raise RuntimeError(f"torchrun and Ray ran different configs (torchrun, ray): {diff}")
         shutil.rmtree(work / "ray_chaos", ignore_errors=True)
         chaos = run_ray_training(
             preset="cpu_debug", tokens=small, run_dir=work / "ray_chaos", overrides={"max_steps": 60}, fail_at_step=25
         )
     finally:
         ray.shutdown()
-    ray_s = [r["median_s"] for r in ray_runs]
-    torchrun_s = [r["median_s"] for r in torchrun_runs]
-    pairs = [100.0 * (r / t - 1.0) for r, t in zip(ray_s, torchrun_s, strict=True)]
-    p10_ray = statistics.median(r["p10_s"] for r in ray_runs)
-    p10_torchrun = statistics.median(r["p10_s"] for r in torchrun_runs)
+    wall = [_pct(r["median_s"], t["median_s"]) for r, t in zip(ray_runs, torchrun_runs, strict=True)]
+    cpu = [_pct(r["cpu_s"], t["cpu_s"]) for r, t in zip(ray_runs, torchrun_runs, strict=True)]
+    p10 = [_pct(r["p10_s"], t["p10_s"]) for r, t in zip(ray_runs, torchrun_runs, strict=True)]
+
+    def side(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Per-run numbers of one launcher (config and layout once: equal across its runs)."""
+        keys = ("median_s", "p10_s", "cpu_s", "rq_wait_s", "load_1min", "steps_timed", "first_step_timed")
+        return {
+            "runs": [{k: r[k] for k in keys} for r in runs],
+            "median_step_s": statistics.median(r["median_s"] for r in runs),
+            "cpu_step_s": statistics.median(r["cpu_s"] for r in runs),
+            "rq_wait_step_s": statistics.median(r["rq_wait_s"] for r in runs if r["rq_wait_s"] is not None),
+            "layout": runs[0]["layout"],
+        }
+
     return {
-        "preset": "cpu_small",
+        "preset": RAY_PEER_PRESET,
         "workers": 2,
-        "repeats": repeats,
-        "threads": {"ray": [r["threads"] for r in ray_runs], "torchrun": [r["threads"] for r in torchrun_runs]},
-        "ray_runs": ray_runs,
-        "torchrun_runs": torchrun_runs,
-        "ray_median_step_s": ray_s,
-        "torchrun_median_step_s": torchrun_s,
-        "overhead_pct_per_pair": pairs,
-        "overhead_pct": statistics.median(pairs),
-        # the same comparison on the fast steps (10th percentile): less sensitive to others' load
-        "overhead_pct_p10": 100.0 * (p10_ray / p10_torchrun - 1.0),
+        "pairs": pairs,
+        "config": torchrun_runs[0]["config"],  # checked equal on both sides, pair by pair
+        "torchrun": side(torchrun_runs),
+        "ray": side(ray_runs),
+        "overhead_pct_per_pair": wall,
+        "overhead_pct": statistics.median(wall),  # wall time per steady-state step, Ray vs torchrun
+        "cpu_overhead_pct_per_pair": cpu,
+        "cpu_overhead_pct": statistics.median(cpu),  # CPU seconds per step: the code path's own cost
+        "overhead_pct_p10": statistics.median(p10),  # the same on the fastest steps of each run
+        "load_1min": [r["load_1min"] for pair in zip(torchrun_runs, ray_runs, strict=True) for r in pair],
         "ray_init_s": ray_init_s,
         "startup_s": statistics.median(startup),  # fit() -> first finished step, Ray already running
         "last_run": last,
@@ -344,7 +425,7 @@ def plot_report(report: dict[str, Any], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
+    fig, axes = plt.subplots(1, 5, figsize=(26, 4.5))
     ar = report.get("allreduce_bench", {}).get("rows", [])  # sections that failed hold only "error"
     if ar:
         ax = axes[0]
@@ -376,46 +457,60 @@ def plot_report(report: dict[str, Any], png: Path) -> None:
         ax.bar([f"{k} rank(s)" for k in ranks], [img["images_per_s"][k] for k in ranks])
         ax.set_ylabel("images/s")
         ax.set_title(f"image workload ({img['size']} px digits, global batch {img['global_batch_size']})")
+    rs = report.get("ray", {})
+    if "cpu_overhead_pct" in rs:
+        ax = axes[4]
+        sides = ("torchrun", "ray")
+        parts = [("median_step_s", "wall"), ("cpu_step_s", "CPU"), ("rq_wait_step_s", "waiting for a core")]
+        for i, (key, label) in enumerate(parts):
+            ax.bar([j + 0.27 * (i - 1) for j in range(2)], [rs[k][key] for k in sides], width=0.27, label=label)
+        ax.set_xticks(range(2), ["torchrun", "Ray Train"])
+        ax.set_ylabel("seconds per step (median of runs)")
+        ax.set_title(f"cpu_small, 2 ranks x 1 thread, {rs['pairs']} alternating pairs")
+        ax.legend()
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
 
 def run_bench(
-    out: Path,
+    out: Path | None = None,
     *,
     work: Path,
     tokens: Path,
     steps: int = 40,
     repeats: int = 3,
+    ray_pairs: int = 5,
     sections: tuple[str, ...] = SECTIONS,
     progress: Progress | None = None,
     equivalence_tokens: Path | None = None,
     images: Path | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
-    """Run the chosen sections, write ``out`` (JSON) and a PNG beside it; returns the report."""
-    from systems.common.bench import write_report
+    """Run the chosen sections into ``out`` (default ``systems/distributed_training/bench/
+    distributed_training.json``, PNG beside it); sections not run keep their stored numbers. Returns the
+    report."""
+    from systems.common.bench import BenchReport
 
     say = progress or (lambda msg: log.info(msg))
     work.mkdir(parents=True, exist_ok=True)
     small = equivalence_tokens or tokens  # cpu_debug runs: the golden corpus (first 2,000 reviews)
-    report: dict[str, Any] = {}
-    if out.exists():  # re-running some sections keeps the others' numbers
-        report = json.loads(out.read_text())
-        report.pop("machine", None)
-    report.update({"system": "distributed_training", "backend": "gloo (CPU)", "tokens": str(tokens)})
+    from importlib.metadata import version
+
+    report = BenchReport("distributed_training", out=out, command=command)
+    versions = {name: version(name) for name in ("torch", "ray")}
+    report.data.update({"backend": "gloo (CPU)", "tokens": tokens.name, "versions": versions})
 
     def section(name: str, msg: str, fn: Callable[[], Any]) -> None:
         if name not in sections:
             return
         say(msg)
         try:
-            report[name] = fn()
+            data = fn()
         except Exception as exc:  # one failed section must not throw away the others' numbers
             log.exception("bench section %s failed", name)
-            report[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-        report.pop("machine", None)
-        write_report(report, out)  # after every section: a crash later keeps what was measured
+            data = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        report.section(name, data)  # written at once: a crash later keeps what was measured
 
     section("equivalence", "equivalence: cpu_debug 1 vs 2 processes", lambda: bench_equivalence(work, small))
     section("resume", "resume: stop after 25 steps, resume, compare", lambda: bench_resume(work, small))
@@ -424,9 +519,9 @@ def run_bench(
         f"throughput: cpu_small 1 vs 2 processes x {repeats}",
         lambda: bench_throughput(work, tokens, steps=steps, repeats=repeats),
     )
-    tp = report.get("throughput", {})
-    if "efficiency" in tp:
-        report["scaling"] = {"efficiency": tp["efficiency"], "comm_share": tp["comm_share"]}
+    tp = report.data.get("throughput", {})
+    if "throughput" in sections and "efficiency" in tp:
+        report.section("scaling", {"efficiency": tp["efficiency"], "comm_share": tp["comm_share"]})
     section(
         "ps_vs_allreduce",
         "parameter server (sync, async) vs DDP all-reduce",
@@ -436,13 +531,13 @@ def run_bench(
     section("chaos", "chaos: SIGKILL rank 1 of a torchrun job at step 25", lambda: bench_chaos(work, small))
     section(
         "ray",
-        f"Ray Train vs torchrun x {repeats} (interleaved), then a SIGKILLed worker under FailureConfig",
-        lambda: bench_ray(work, tokens, small, steps=steps, repeats=repeats),
+        f"Ray Train vs torchrun x {ray_pairs} alternating pairs, then a SIGKILLed worker under FailureConfig",
+        lambda: bench_ray(work, tokens, small, steps=steps, pairs=ray_pairs),
     )
     section(
         "image",
         f"image workload (blocks image pipeline): 1 vs 2 ranks x {repeats}",
         lambda: bench_image(work, images or work / "digits_png_16px", repeats=repeats),
     )
-    write_report(report, out, plot=lambda png: plot_report(report, png))
-    return report
+    report.plot(lambda png: plot_report(report.data, png))
+    return report.data

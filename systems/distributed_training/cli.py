@@ -8,7 +8,7 @@
     mlsd dist image --nproc 2                              # image classification on the blocks image pipeline
     mlsd dist allreduce-bench --out ar.json
     mlsd dist ray --workers 2 [--fail-at-step 25]          # Ray Train TorchTrainer
-    mlsd dist bench --out .mlsd/bench/distributed_training.json
+    mlsd dist bench [--only ray,image]                     # -> systems/distributed_training/bench/
     mlsd dist golden [--write]
 
 Heavy imports (torch, ray) happen inside the commands so ``mlsd --help`` stays fast.
@@ -285,11 +285,13 @@ def golden(
 
 @app.command()
 def bench(
-    out: Annotated[Path, typer.Option(help="JSON report (a PNG is written beside it)")] = Path(
-        ".mlsd/bench/distributed_training.json"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="JSON report, PNG beside it (default: systems/distributed_training/bench/...json)"),
+    ] = None,
     steps: Annotated[int, typer.Option(help="optimiser steps per throughput / PS / Ray run")] = 40,
-    repeats: Annotated[int, typer.Option(help="repeats of the throughput runs (medians reported)")] = 3,
+    repeats: Annotated[int, typer.Option(help="repeats of the throughput and image runs (medians reported)")] = 3,
+    ray_pairs: Annotated[int, typer.Option(help="alternating torchrun/Ray pairs (median of the pairs)")] = 5,
     only: Annotated[
         str | None,
         typer.Option(
@@ -297,14 +299,18 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """Run every measurement once with small presets; write JSON + PNG."""
-    from systems.distributed_training.bench import run_bench
+    """Run every measurement once with small presets; write JSON + PNG (each section with its provenance)."""
+    from systems.common.bench import default_bench_path
+    from systems.distributed_training.bench import SECTIONS, run_bench
     from systems.distributed_training.image_workload import digits_dir
 
     s = _settings()
     tok = _tokens(None, s, limit=None)
     golden_tok = _tokens(None, s, limit=2000)
-    kwargs = {"sections": tuple(only.split(","))} if only else {}
+    sections = tuple(only.split(",")) if only else SECTIONS
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise typer.BadParameter(f"unknown sections {sorted(unknown)}; known: {','.join(SECTIONS)}")
     t0 = time.perf_counter()
     report = run_bench(
         out,
@@ -312,13 +318,15 @@ def bench(
         tokens=tok,
         steps=steps,
         repeats=repeats,
+        ray_pairs=ray_pairs,
         progress=lambda m: console.print(f"[cyan]{m}[/cyan]"),
         equivalence_tokens=golden_tok,
         images=digits_dir(s.root, 16),
-        **kwargs,
+        sections=sections,
     )
+    path = out or default_bench_path("distributed_training")
     console.print_json(json.dumps(_headline(report)))
-    console.print(f"wrote {out} and {out.with_suffix('.png')} in {time.perf_counter() - t0:.0f} s")
+    console.print(f"wrote {path} and {path.with_suffix('.png')} in {time.perf_counter() - t0:.0f} s")
 
 
 def _headline(report: dict[str, object]) -> dict[str, object]:
@@ -334,6 +342,7 @@ def _headline(report: dict[str, object]) -> dict[str, object]:
         "allreduce.steps_per_s": ("ps_vs_allreduce", "allreduce.steps_per_s"),
         "ray.overhead_pct": ("ray", "overhead_pct"),
         "ray.overhead_pct_p10": ("ray", "overhead_pct_p10"),
+        "ray.cpu_overhead_pct": ("ray", "cpu_overhead_pct"),
         "chaos.steps_lost": ("chaos", "steps_lost"),
         "chaos.recovery_s": ("chaos", "recovery_s"),
         "image.images_per_s": ("image", "images_per_s"),

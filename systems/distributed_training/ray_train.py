@@ -9,9 +9,11 @@ the folder, the others ``None``: report is a barrier that all ranks must reach).
 resume from the newest complete checkpoint: ``ray.train.get_checkpoint()`` (the last report the controller
 *registered*) or, when every rank sees a newer one in the shared run dir, that one (see ``_resume_source``).
 
-Threads: each worker runs ``torch.set_num_threads(threads)`` (default 1, what torchrun's
-``OMP_NUM_THREADS=1`` gives every rank), so the Ray-vs-torchrun comparison runs the same arithmetic on the
-same number of threads; the ``start`` record of ``metrics.jsonl`` logs the count on both sides.
+Threads and priority: each worker runs ``torch.set_num_threads(threads)`` (default 1, what torchrun's
+``OMP_NUM_THREADS=1`` gives every rank), and a Ray started here keeps its workers at the launcher's
+priority (``start_local_ray``), so the Ray-vs-torchrun comparison runs the same arithmetic on the same
+threads at the same nice; the ``start`` record of ``metrics.jsonl`` logs the effective config on both sides
+(``train.effective_config``) and the bench refuses to compare runs whose configs differ.
 
 Ray's own costs (cluster start, actor creation, process-group set-up) are start-up, reported apart from the
 steady-state step time (median over steps, from the same ``metrics.jsonl`` torchrun runs write).
@@ -139,6 +141,25 @@ def _resume_source(run_dir: Path, ray_step: int) -> Path | None:
     return path if lo == hi and lo > ray_step else None
 
 
+def start_local_ray(*, num_cpus: int) -> float:
+    """``ray.init`` of a one-machine Ray whose workers run at the launcher's priority; returns its seconds.
+
+    Why: Ray renices every worker process by +15 (``RAY_worker_niceness``, so that raylet and GCS stay
+    responsive), while torchrun ranks inherit the launcher's nice. Training at a lower priority than the
+    torchrun peer is a different experiment, so a Ray started here keeps the increment at 0; an explicit
+    ``RAY_worker_niceness`` in the environment still wins.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    import ray
+
+    t0 = time.perf_counter()
+    # logical CPUs: the workers at 1 CPU each plus Ray's controller; the OS shares the real cores
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return time.perf_counter() - t0
+
+
 def run_ray_training(
     *,
     preset: str,
@@ -169,8 +190,7 @@ def run_ray_training(
     if started_here and os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)  # a real cluster (compose, k8s)
     elif started_here:
-        # logical CPUs: 2 workers at 1 CPU each plus Ray's controller; the OS shares the real 2 cores
-        ray.init(num_cpus=max(4, workers + 2), include_dashboard=False, log_to_driver=False)
+        start_local_ray(num_cpus=max(4, workers + 2))
     ray_init_s = time.perf_counter() - t0
     try:
         trainer = TorchTrainer(

@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -250,6 +251,69 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
 
 
+def effective_config(cfg: TrainConfig, ctx: DistContext, tokens_path: Path) -> dict[str, Any]:
+    """What decides a step's arithmetic and its CPU budget, read from the running process itself.
+
+    Why: two launchers (torchrun, Ray Train) can be handed the same ``TrainConfig`` and still run different
+    things: another world size, thread count, priority or data file. Each run writes this into its ``start``
+    record, so a comparison of launchers can check it compares like with like instead of trusting the flags.
+    """
+    return {
+        "preset": cfg.preset,
+        "world_size": ctx.world_size,
+        "backend": ctx.backend,
+        "micro_batch_size": cfg.micro_batch_size,
+        "global_batch_size": cfg.global_batch_size,
+        "accum": cfg.accum_steps(ctx.world_size),
+        "tokens_per_step": cfg.global_batch_size * cfg.model.block_size,
+        "max_steps": cfg.max_steps,
+        "log_every": cfg.log_every,
+        "ckpt_every": cfg.ckpt_every,
+        "seed": cfg.seed,
+        "amp": cfg.amp,
+        "skip_grad_sync": cfg.skip_grad_sync,
+        "intra_op_threads": torch.get_num_threads(),
+        "inter_op_threads": torch.get_num_interop_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "mkl_num_threads_env": os.environ.get("MKL_NUM_THREADS"),
+        # nice of the calling (training) thread; on Linux a priority is per thread
+        "nice": os.nice(0) if hasattr(os, "nice") else None,
+        "tokens_file": tokens_path.name,
+        "tokens_bytes": tokens_path.stat().st_size,
+    }
+
+
+def process_layout() -> dict[str, Any]:
+    """Where the scheduler puts this rank; recorded, not equalised (a launcher decides it, not our code).
+
+    torchrun starts every rank in a session of its own (``start_new_session=True``), and with Linux's
+    ``sched_autogroup`` each session is one scheduling group with an equal share of the CPUs. Ray Train runs
+    the loop on a thread of an actor process that lives in the session of whoever started Ray. On a shared
+    machine that changes how long a runnable rank waits for a core (``rq_wait_s`` of the step records).
+    """
+    autogroup = Path("/proc/self/autogroup")
+    return {
+        "own_session": os.getsid(0) == os.getpid() if hasattr(os, "getsid") else None,
+        "training_thread_is_main": threading.current_thread() is threading.main_thread(),
+        "autogroup": autogroup.read_text().strip() if autogroup.exists() else None,
+    }
+
+
+def runqueue_wait_s() -> float | None:
+    """Seconds the calling thread has been runnable but waiting for a CPU (Linux schedstat), else None.
+
+    Why: on a shared machine a step's wall time is its CPU time plus the time other processes held the
+    cores. Logging both per step tells a slower launcher from a busier minute.
+    """
+    try:
+        return int(_SCHEDSTAT.read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+_SCHEDSTAT = Path("/proc/thread-self/schedstat")
+
+
 class MetricsLog:
     """Append-only JSON-lines log written by rank 0 (one record per event, flushed at once)."""
 
@@ -338,6 +402,8 @@ def run_training(
         restart=restart,
         pid=os.getpid(),
         threads=torch.get_num_threads(),
+        config=effective_config(cfg, ctx, tokens_path),
+        layout=process_layout(),
     )
     if ctx.is_main:
         log.info(
@@ -353,6 +419,7 @@ def run_training(
 
     for step in range(start_step, cfg.max_steps):
         t0 = time.perf_counter()
+        cpu0, wait0 = time.process_time(), runqueue_wait_s()  # CPU of all this rank's threads; rq wait
         loss_sum = torch.zeros((), device=ctx.device)
         for micro in range(accum):
             x, y = next(batches)
@@ -388,6 +455,11 @@ def run_training(
         dt = time.perf_counter() - t0
         result.step_times_s.append(dt)
         metrics.update(step_s=dt, tokens_per_s=tokens_per_step / dt, lr=float(scheduler.get_last_lr()[0]))
+        # wall = CPU + waiting for a core + waiting for the peer: the first two apart, per step
+        metrics["cpu_s"] = time.process_time() - cpu0
+        wait1 = runqueue_wait_s()
+        if wait0 is not None and wait1 is not None:
+            metrics["rq_wait_s"] = wait1 - wait0
         if ctx.device.type == "cuda":
             # model FLOPs utilisation: achieved FLOP/s over the peak of all GPUs
             metrics["mfu"] = flops_tok * tokens_per_step / dt / (cfg.peak_tflops * 1e12 * ctx.world_size)
@@ -463,11 +535,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Setup -> build -> run -> teardown."""
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = get_preset(
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The ``TrainConfig`` a command line asks for: the preset with the flags that were given."""
+    return get_preset(
         args.preset,
         max_steps=args.max_steps,
         global_batch_size=args.global_batch_size,
@@ -479,6 +549,13 @@ def main(argv: list[str] | None = None) -> None:
         amp=args.amp,
         skip_grad_sync=args.skip_grad_sync,
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Setup -> build -> run -> teardown."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = config_from_args(args)
     from systems.distributed_training.settings import DistSettings
 
     settings = DistSettings()
