@@ -327,16 +327,22 @@ class PredictionPublisher:
         self._warn(str(err))
 
     def _connect(self) -> bool:
+        from systems.common.broker import create_topics
+        from systems.common.proc import port_open
+
+        # A TCP probe first: a broker that is not listening costs one cheap connect per attempt instead of an
+        # admin client (librdkafka threads, a 2 s metadata timeout) per attempt.
+        host, _, port = self.settings.kafka_bootstrap.split(",")[0].rpartition(":")
+        if not port.isdigit() or not port_open(host or "127.0.0.1", int(port)):
+            self._warn(f"no broker listening at {self.settings.kafka_bootstrap}")
+            return False
+        if self.topics:
+            try:
+                create_topics(self.settings, self.topics, timeout_s=2.0)
+            except Exception as exc:  # the producer works without it (brokers auto-create), so go on
+                self._warn(f"topics not created: {type(exc).__name__}: {exc}")
         from confluent_kafka import Producer as CProducer
 
-        from systems.common.broker import create_topics
-
-        try:
-            if self.topics:
-                create_topics(self.settings, self.topics, timeout_s=2.0)
-        except Exception as exc:  # broker not there yet: try again later, keep dropping meanwhile
-            self._warn(f"cannot reach the broker at {self.settings.kafka_bootstrap}: {type(exc).__name__}")
-            return False
         # librdkafka directly (not the blocking Producer facade of common.broker): its produce() raises
         # BufferError when full instead of waiting, and delivery failures come back through a callback.
         self._producer = CProducer(
