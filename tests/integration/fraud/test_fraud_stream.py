@@ -204,7 +204,11 @@ def test_sigkill_and_restart_loses_nothing_and_stores_each_decision_once(
         on_topic = [json.loads(v)["tx_id"] for v in _drain(kit, settings, settings.decisions_topic, sent.transactions)]
         assert set(on_topic) == set(window["tx_id"])
         redelivered = len(on_topic) - len(set(on_topic))
-        assert 0 < redelivered < sent.transactions, f"{redelivered} re-published decisions: was the kill mid-stream?"
+        # at-least-once: a kill between two offset commits re-publishes what was decided since the last one (a
+        # kill right after a commit re-publishes nothing); more than a tenth of the stream would mean the offsets
+        # are not being committed at all
+        print(f"decisions topic: {len(on_topic)} messages, {redelivered} re-published after the SIGKILL")
+        assert 0 <= redelivered < sent.transactions // 10, f"{redelivered} re-published decisions"
     finally:
         if proc.poll() is None:
             proc.kill()
