@@ -57,6 +57,12 @@ class WindowResult:
     latency_ms_p99: float | None = None
     slices: dict[str, list[Metric]] = field(default_factory=dict)
     """Per segment (e.g. fraud spending band, recsys age group): the same realised metrics."""
+    output_kind: str | None = None
+    """What the model answers, which decides the metrics: ``binary`` score, ``multiclass`` label, ``ranked`` list."""
+    revision: int = 0
+    """0 when the window closes; +1 each time it is re-emitted because labels (or late records) arrived."""
+    final: bool = False
+    """The label wait is over: this is the window's last revision."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
