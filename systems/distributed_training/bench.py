@@ -499,7 +499,7 @@ def run_bench(
 
     report = BenchReport("distributed_training", out=out, command=command)
     versions = {name: version(name) for name in ("torch", "ray")}
-    report.data.update({"backend": "gloo (CPU)", "tokens": tokens.name, "versions": versions})
+    report.section("versions", {**versions, "backend": "gloo (CPU)", "tokens": tokens.name})
 
     def section(name: str, msg: str, fn: Callable[[], Any]) -> None:
         if name not in sections:
