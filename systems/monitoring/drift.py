@@ -1034,6 +1034,34 @@ def _decide(method: str, statistic: float | None, threshold: float) -> bool:
     return statistic < threshold if method in P_VALUE_METHODS else statistic >= threshold
 
 
+def _verdict(
+    kind: str,
+    ref: NumericalSummary | CategoricalSummary | EmbeddingSummary,
+    cur: NumericalSummary | CategoricalSummary | EmbeddingSummary,
+    cfg: DriftConfig,
+    method: str,
+    statistic: float | None,
+    stats: dict[str, float | None],
+) -> ColumnDrift:
+    """One column's verdict, the same way for every kind: the method's threshold decides."""
+    spec = ref.spec
+    threshold = cfg.threshold(spec.name, method)
+    return ColumnDrift(
+        column=spec.name,
+        kind=kind,
+        role=spec.role,
+        method=method,
+        statistic=statistic,
+        threshold=threshold,
+        drifted=_decide(method, statistic, threshold),
+        reference_count=ref.count,
+        current_count=cur.count,
+        reference_null_share=_null_share(ref.nulls, ref.count),
+        current_null_share=_null_share(cur.nulls, cur.count),
+        stats=stats,
+    )
+
+
 def _numerical_drift(ref: NumericalSummary, cur: NumericalSummary, cfg: DriftConfig) -> ColumnDrift:
     spec = ref.spec
     stats: dict[str, float | None] = {}
@@ -1055,25 +1083,10 @@ def _numerical_drift(ref: NumericalSummary, cur: NumericalSummary, cfg: DriftCon
     method: str = "jensenshannon" if spec.discrete and cfg.num_method == "wasserstein" else cfg.num_method
     key = {"wasserstein": "wasserstein_normed", "ks": "ks_p_value"}.get(method, method)
     statistic = stats.get(key)
-    threshold = cfg.threshold(spec.name, method)
-    return ColumnDrift(
-        column=spec.name,
-        kind="numerical",
-        role=spec.role,
-        method=method,
-        statistic=statistic,
-        threshold=threshold,
-        drifted=_decide(method, statistic, threshold),
-        reference_count=ref.count,
-        current_count=cur.count,
-        reference_null_share=_null_share(ref.nulls, ref.count),
-        current_null_share=_null_share(cur.nulls, cur.count),
-        stats=stats,
-    )
+    return _verdict("numerical", ref, cur, cfg, method, statistic, stats)
 
 
 def _categorical_drift(ref: CategoricalSummary, cur: CategoricalSummary, cfg: DriftConfig) -> ColumnDrift:
-    spec = ref.spec
     stats: dict[str, float | None] = {}
     if ref.count and cur.count:
         stats = {
@@ -1085,25 +1098,10 @@ def _categorical_drift(ref: CategoricalSummary, cur: CategoricalSummary, cfg: Dr
         }
     method: str = cfg.cat_method
     statistic = stats.get({"chisquare": "chisquare_p_value"}.get(method, method))
-    threshold = cfg.threshold(spec.name, method)
-    return ColumnDrift(
-        column=spec.name,
-        kind="categorical",
-        role=spec.role,
-        method=method,
-        statistic=statistic,
-        threshold=threshold,
-        drifted=_decide(method, statistic, threshold),
-        reference_count=ref.count,
-        current_count=cur.count,
-        reference_null_share=_null_share(ref.nulls, ref.count),
-        current_null_share=_null_share(cur.nulls, cur.count),
-        stats=stats,
-    )
+    return _verdict("categorical", ref, cur, cfg, method, statistic, stats)
 
 
 def _embedding_drift(ref: EmbeddingSummary, cur: EmbeddingSummary, cfg: DriftConfig) -> ColumnDrift:
-    spec = ref.spec
     mmd2, p, gamma = mmd_test(ref.vectors, cur.vectors, permutations=cfg.mmd_permutations, seed=cfg.seed)
     stats: dict[str, float | None] = {
         "mmd2": mmd2,
@@ -1114,21 +1112,7 @@ def _embedding_drift(ref: EmbeddingSummary, cur: EmbeddingSummary, cfg: DriftCon
     }
     method: str = cfg.embedding_method
     statistic = stats["mmd2" if method == "mmd" else "mmd_p_value"]
-    threshold = cfg.threshold(spec.name, method)
-    return ColumnDrift(
-        column=spec.name,
-        kind="embedding",
-        role=spec.role,
-        method=method,
-        statistic=statistic,
-        threshold=threshold,
-        drifted=_decide(method, statistic, threshold),
-        reference_count=ref.count,
-        current_count=cur.count,
-        reference_null_share=_null_share(ref.nulls, ref.count),
-        current_null_share=_null_share(cur.nulls, cur.count),
-        stats=stats,
-    )
+    return _verdict("embedding", ref, cur, cfg, method, statistic, stats)
 
 
 def detect_drift(reference: SummarySet, current: SummarySet, config: DriftConfig | None = None) -> DriftReport:

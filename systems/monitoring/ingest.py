@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import orjson
 from pydantic import BaseModel
@@ -56,6 +56,8 @@ from systems.monitoring.settings import MonitoringSettings
 from systems.monitoring.windows import Reference, WindowConfig, Windows, load_references
 
 # ============================================================================================== decoding
+
+M = TypeVar("M", bound=BaseModel)
 
 _SCALAR_TYPES = frozenset({float, int, str, bool, type(None)})
 _TS_MAX = 2**53
@@ -177,6 +179,26 @@ def fast_label_fields(d: Any) -> dict[str, Any] | None:
     }
 
 
+def _fast_instance(
+    cls: type[M],
+    fields_of: Callable[[Any], dict[str, Any] | None],
+    json_data: str | bytes | bytearray,
+    strict: bool | None,
+    context: Any | None,
+) -> M | None:
+    """The fast path both record types share: orjson + plain checks, or None to fall back to pydantic."""
+    if strict is not None or context is not None:
+        return None
+    try:
+        fields = fields_of(orjson.loads(json_data))
+    except orjson.JSONDecodeError:
+        return None
+    if fields is None:
+        return None
+    out: M = _instance(cls, fields)
+    return out
+
+
 class FastPredictionRecord(PredictionRecord):
     """A :class:`PredictionRecord` whose JSON decoding takes the fast path when it can (module docstring)."""
 
@@ -191,14 +213,9 @@ class FastPredictionRecord(PredictionRecord):
         by_alias: bool | None = None,
         by_name: bool | None = None,
     ) -> Self:
-        if strict is None and context is None:
-            try:
-                fields = fast_prediction_fields(orjson.loads(json_data))
-            except orjson.JSONDecodeError:
-                fields = None
-            if fields is not None:
-                out: Self = _instance(cls, fields)
-                return out
+        fast = _fast_instance(cls, fast_prediction_fields, json_data, strict, context)
+        if fast is not None:
+            return fast
         return super().model_validate_json(
             json_data, strict=strict, extra=extra, context=context, by_alias=by_alias, by_name=by_name
         )
@@ -218,14 +235,9 @@ class FastLabelRecord(LabelRecord):
         by_alias: bool | None = None,
         by_name: bool | None = None,
     ) -> Self:
-        if strict is None and context is None:
-            try:
-                fields = fast_label_fields(orjson.loads(json_data))
-            except orjson.JSONDecodeError:
-                fields = None
-            if fields is not None:
-                out: Self = _instance(cls, fields)
-                return out
+        fast = _fast_instance(cls, fast_label_fields, json_data, strict, context)
+        if fast is not None:
+            return fast
         return super().model_validate_json(
             json_data, strict=strict, extra=extra, context=context, by_alias=by_alias, by_name=by_name
         )
