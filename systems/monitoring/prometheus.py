@@ -43,7 +43,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -406,22 +405,12 @@ class _LocalDaemon:
         return self
 
     def _wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise ObservabilityError(
-                    f"{self.name} exited with code {self.process.returncode} at start; log:\n{self._log_tail()}"
-                )
-            try:
-                response = httpx.get(self.url + "/-/ready", timeout=1.0)
-                if response.status_code == 200:
-                    return
-                last = f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            time.sleep(0.05)
-        raise ObservabilityError(f"{self.name} not ready at {self.url} within {timeout_s:.0f} s (last: {last})")
+        from systems.common.http import wait_http_ok
+
+        try:
+            wait_http_ok(self.url + "/-/ready", timeout_s, self.process)
+        except (RuntimeError, TimeoutError) as exc:  # exited at start, or never ready: say which, with its log
+            raise ObservabilityError(f"{self.name} at {self.url}: {exc}; log:\n{self._log_tail()}") from exc
 
     def stop(self) -> None:
         if self.process is not None:
