@@ -121,6 +121,7 @@ not an estimate alone (wait for labels to confirm)."""
 
 MAX_SUBJECTS = 50  # distinct features/metrics listed on one incident
 MAX_EVENTS = 200  # timeline entries kept per incident (state changes, new subjects, new sources)
+MAX_WINDOWS_SEEN = 256  # window ids remembered per incident: revisions of older windows than this count again
 DRIFT_SCORE_CAP = 1e6  # a p-value of 0 would be an infinite score
 
 EXPORTED_METRICS: Mapping[str, tuple[str, ...]] = {
@@ -546,6 +547,9 @@ class Incident:
     recovered: bool | None = None
     """None until known; False while the cause still fires on ``retrained_version``; True once it resolved there."""
     recovery_evidence: dict[str, Scalar] = field(default_factory=dict)
+    windows_seen: list[str] = field(default_factory=list)
+    """Recent windows (``version:start:end``) already counted, as a signal or as clean: a window re-emitted with
+    matured labels is the same window, so its revisions neither add signals nor count twice towards resolving."""
     events: list[dict[str, Any]] = field(default_factory=list)
     """The timeline: ``{"ts_ms", "kind", "detail"}`` for state changes, new subjects and new sources."""
 
@@ -556,6 +560,15 @@ class Incident:
     @property
     def is_open(self) -> bool:
         return self.status == "open"
+
+    def seen(self, window_id: str) -> bool:
+        """True when ``window_id`` was counted already; else remember it (bounded) and return False."""
+        if window_id in self.windows_seen:
+            return True
+        self.windows_seen.append(window_id)
+        if len(self.windows_seen) > MAX_WINDOWS_SEEN:
+            del self.windows_seen[0]
+        return False
 
     def note(self, ts_ms: int, kind: str, detail: str = "") -> None:
         self.events.append({"ts_ms": ts_ms, "kind": kind, "detail": detail[:500]})
@@ -727,9 +740,16 @@ class IncidentBook:
         resolves as recovered, with ``evidence`` (e.g. the new version's realised metrics) kept as proof.
         """
         now = _now_ms() if now_ms is None else now_ms
+        window_id = f"{key.model_version}:{key.start_ms}:{key.end_ms}"
         touched: dict[str, Incident] = {}
+        counted: set[str] = set()  # incidents this window already counted a signal for (several subjects)
         for s in signals:
-            inc = self._record(s, now)
+            inc = self._open.get(s.key)
+            repeat = inc is not None and (inc.incident_id in counted or window_id in inc.windows_seen)
+            inc = self._record(s, now, count=not repeat)
+            if not repeat:
+                inc.seen(window_id)
+                counted.add(inc.incident_id)
             touched.setdefault(inc.incident_id, inc)
             if inc.retrained_version == key.model_version and inc.recovered is not False:
                 inc.recovered = False
@@ -739,6 +759,8 @@ class IncidentBook:
             if (inc.system, inc.model_name) != (key.system, key.model_name):
                 continue
             if inc.cause in fired or inc.cause not in evaluated or inc.cause not in ML_CAUSES:
+                continue
+            if inc.seen(f"clean:{window_id}"):  # a revision of a window already counted clean
                 continue
             inc.clean_windows += 1
             self._dirty.add(inc.incident_id)

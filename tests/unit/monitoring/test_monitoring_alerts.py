@@ -285,6 +285,27 @@ def test_a_storm_is_one_incident_and_one_retrain_request_then_cooldown_and_resol
     assert [r.incident_id for r in producer.requests()] == [inc.incident_id, second.incident_id]
 
 
+def test_revisions_of_a_window_are_one_window_for_signals_and_for_resolution() -> None:
+    """A window is re-emitted every time labels mature (revision 1, 2, …): that is one window, not five."""
+    import dataclasses
+
+    loop = make_loop(None, FakeProducer())
+    drifted = drift_window(0)
+    for rev in range(5):
+        loop.on_window(dataclasses.replace(drifted, revision=rev), now_ms=T0 + rev * 1000)
+    (inc,) = loop.incidents()
+    assert inc.signals == 1
+    clean = drift_window(1, drifted=False)
+    for rev in range(5):  # five revisions of one clean window: one clean window, still open
+        loop.on_window(dataclasses.replace(clean, revision=rev, final=rev == 4), now_ms=T0 + MIN + rev * 1000)
+    assert (inc.status, inc.clean_windows) == ("open", 1)
+    for i in (2, 3):
+        loop.on_window(drift_window(i, drifted=False), now_ms=T0 + i * MIN)
+    assert inc.status == "resolved"
+    loop.on_window(dataclasses.replace(drifted, revision=5), now_ms=T0 + 4 * MIN)  # an old window's late revision
+    assert (inc.status, inc.signals, inc.reopened) == ("open", 2, 1)  # reopened: new evidence, counted once
+
+
 def test_the_persisted_book_survives_a_restart_without_republishing(tmp_path: Path) -> None:
     path = tmp_path / "monitoring" / "incidents.sqlite"
     producer = FakeProducer()
