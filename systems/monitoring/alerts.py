@@ -18,7 +18,9 @@ Alert design
   ``estimated_performance_drop`` (the CBPE-style estimate beyond the bound, before labels arrive),
   ``data_quality`` (null share up by more than 0.1 over the reference, or more than 5 % of a categorical
   feature's values never seen in the reference: a broken pipeline, not a changed world), ``slice_degraded``
-  (a segment's CI beyond the bound while the aggregate's is not: the fairness alert). Prometheus's ops rules
+  (a segment's CI beyond the bound while the aggregate's is not: the fairness alert), ``latency`` (the p99 of
+  the records' own ``latency_ms`` over the system's budget: stream scorers have no HTTP histogram for
+  Prometheus to watch, but every record says how long the model took). Prometheus's ops rules
   add ``target_down``, ``latency``, ``errors``, ``dropped_predictions``, ``broker_down``, ``monitoring_lag``,
   ``malformed_records``.
 - **Incident** — de-duplication: at most one *open* incident per ``(system, model_name, cause)``; every
@@ -60,6 +62,7 @@ series and are set to NaN when the window is under the minimum-sample guard, so 
     mlsd_monitoring_metric_ceiling{system,model_name,metric}   lower-is-better targets: reference + tolerance
     mlsd_monitoring_slice_metric{system,model_name,model_version,slice,metric}  (+ _low, _high)
     mlsd_monitoring_label_delay_seconds{system,model_name,model_version}     p50 label delay (dashboard)
+    mlsd_monitoring_model_latency_p99_ms{system,model_name,model_version}    p99 of the records' latency_ms
     mlsd_monitoring_watermark_lag_seconds{system}              wall clock minus the event-time watermark
     mlsd_monitoring_dead_letters_total{topic}                  counter: records sent to <topic>.dlq
     mlsd_monitoring_incidents_open{system,model_name,cause,severity}         open incidents (dashboard)
@@ -103,7 +106,17 @@ PERFORMANCE_DROP = "performance_drop"
 ESTIMATED_DROP = "estimated_performance_drop"
 DATA_QUALITY = "data_quality"
 SLICE_DEGRADED = "slice_degraded"
-ML_CAUSES = (DRIFT, FEATURE_DRIFT, PREDICTION_DRIFT, PERFORMANCE_DROP, ESTIMATED_DROP, DATA_QUALITY, SLICE_DEGRADED)
+LATENCY = "latency"
+ML_CAUSES = (
+    DRIFT,
+    FEATURE_DRIFT,
+    PREDICTION_DRIFT,
+    PERFORMANCE_DROP,
+    ESTIMATED_DROP,
+    DATA_QUALITY,
+    SLICE_DEGRADED,
+    LATENCY,
+)
 """The causes :func:`evaluate` raises (and so the causes a clean window can count towards resolving)."""
 
 DEFAULT_SEVERITY: Mapping[str, Severity] = {
@@ -114,6 +127,7 @@ DEFAULT_SEVERITY: Mapping[str, Severity] = {
     ESTIMATED_DROP: "warning",
     DATA_QUALITY: "critical",
     SLICE_DEGRADED: "warning",
+    LATENCY: "warning",
 }
 RETRAIN_CAUSES: frozenset[str] = frozenset({DRIFT, PERFORMANCE_DROP})
 """Causes where fresh data is the fix. Not data quality (fix the pipeline), not a slice (look at its data first),
@@ -142,6 +156,7 @@ EXPORTED_METRICS: Mapping[str, tuple[str, ...]] = {
     "mlsd_monitoring_slice_metric_low": ("system", "model_name", "model_version", "slice", "metric"),
     "mlsd_monitoring_slice_metric_high": ("system", "model_name", "model_version", "slice", "metric"),
     "mlsd_monitoring_label_delay_seconds": ("system", "model_name", "model_version"),
+    "mlsd_monitoring_model_latency_p99_ms": ("system", "model_name", "model_version"),
     "mlsd_monitoring_watermark_lag_seconds": ("system",),
     "mlsd_monitoring_dead_letters_total": ("topic",),
     "mlsd_monitoring_incidents_open": ("system", "model_name", "cause", "severity"),
@@ -196,6 +211,17 @@ class AlertPolicy:
     max_unseen_share: float = 0.05
     targets: Mapping[str, MetricTarget] = field(default_factory=dict)
     """Per metric name (``average_precision``, ``accuracy`` …); metrics without a target raise nothing."""
+    slice_targets: Mapping[str, MetricTarget] = field(default_factory=dict)
+    """Per ``"<slice>:<metric>"`` (e.g. ``amount_band=<10:ap``): the segment's own reference. Metrics that depend
+    on prevalence (AP, precision) differ between segments on a healthy model, so judging a segment against the
+    aggregate's target pages on every low-risk segment. A metric with no segment targets at all falls back to
+    the aggregate's target (right for prevalence-free metrics such as FPR); one with some does not."""
+    latency_p99_ms: Mapping[str, float] = field(default_factory=dict)
+    confirm_windows: Mapping[str, int] = field(default_factory=lambda: {SLICE_DEGRADED: 2})
+    """Causes that must fire in this many consecutive windows (per subject) before they reach the book —
+    Prometheus's ``for:``. Slices need it: a 95 % interval per segment per window is many tests, and one of
+    them is beyond its bound by chance every few dozen windows; twice in a row is a real degradation."""
+    """Per system: the budget for the p99 of the records' ``latency_ms`` in a window; absent = not judged."""
     severity: Mapping[str, Severity] = field(default_factory=lambda: dict(DEFAULT_SEVERITY))
     cooldown_s: float = 600.0
     resolve_after_windows: int = 3
@@ -270,6 +296,21 @@ def data_quality_from_drift(drift: Mapping[str, Any]) -> dict[str, dict[str, flo
         }
     return out
 
+
+
+def feature_quality(result: WindowResult) -> dict[str, dict[str, float | None]]:
+    """Per feature: ``null_share``, ``reference_null_share`` and ``unseen_share`` of one window.
+
+    The window's own counts (``WindowResult.data_quality["features"]``, where a missing key counts as null)
+    take precedence; the drift report adds the reference's null shares (and stands in when the window has
+    no data-quality section).
+    """
+    out = data_quality_from_drift(result.drift) if result.drift else {}
+    for feature, q in (result.data_quality or {}).get("features", {}).items():
+        merged: dict[str, float | None] = {"reference_null_share": None, **out.get(feature, {})}
+        merged.update({k: v for k, v in q.items() if v is not None or k not in merged})
+        out[feature] = merged
+    return out
 
 def _signal(result: WindowResult, policy: AlertPolicy, cause: str, subject: str, summary: str, **kw: Any) -> Signal:
     k = result.key
@@ -358,7 +399,7 @@ def _drift_signals(result: WindowResult, policy: AlertPolicy) -> list[Signal]:
 
 
 def _data_quality_signals(result: WindowResult, policy: AlertPolicy) -> list[Signal]:
-    quality = result.data_quality or data_quality_from_drift(result.drift)
+    quality = feature_quality(result)
     out: list[Signal] = []
     for feature, q in quality.items():
         null_share, ref_null = q.get("null_share"), q.get("reference_null_share") or 0.0
@@ -438,16 +479,40 @@ def _performance_signals(result: WindowResult, policy: AlertPolicy) -> list[Sign
     return out
 
 
+def _latency_signals(result: WindowResult, policy: AlertPolicy) -> list[Signal]:
+    budget = policy.latency_p99_ms.get(result.key.system)
+    p99 = result.latency_ms_p99
+    if budget is None or p99 is None or not math.isfinite(p99) or p99 <= budget:
+        return []
+    summary = f"model latency p99 {p99:.1f} ms over the {budget:g} ms budget"
+    evidence: dict[str, Scalar] = {"latency_ms_p99": p99, "budget_ms": budget}
+    return [
+        _signal(result, policy, LATENCY, "latency_ms_p99", summary, value=p99, threshold=budget, evidence=evidence)
+    ]
+
+
+def _usable_slice(slice_name: str, m: Metric, policy: AlertPolicy) -> MetricTarget | None:
+    """The segment's own target; the aggregate's only when the policy has no segment targets for this metric
+    (a segment left out of them had too little reference data to set one, and is not judged)."""
+    target = policy.slice_targets.get(f"{slice_name}:{m.name}")
+    if target is None and not any(k.endswith(f":{m.name}") for k in policy.slice_targets):
+        target = policy.targets.get(m.name)
+    if target is None or m.value is None or m.n < policy.slice_min_samples:
+        return None
+    return target
+
+
 def _slice_signals(result: WindowResult, policy: AlertPolicy) -> list[Signal]:
     aggregate = {m.name: m for m in result.realised}
     out: list[Signal] = []
     for slice_name, metrics in result.slices.items():
         for m in metrics:
-            target = _usable(m, policy, policy.slice_min_samples)
+            target = _usable_slice(slice_name, m, policy)
             agg = aggregate.get(m.name)
             if target is None or agg is None or agg.value is None:
                 continue  # "while the aggregate looks fine" needs an aggregate to look at
-            if target.breached(m) and not target.breached(agg):
+            agg_target = policy.targets.get(m.name)
+            if target.breached(m) and not (agg_target is not None and agg_target.breached(agg)):
                 out.append(
                     _signal(
                         result,
@@ -477,6 +542,7 @@ def evaluate(result: WindowResult, policy: AlertPolicy | None = None) -> list[Si
         if result.drift:
             signals += _drift_signals(result, policy)
         signals += _data_quality_signals(result, policy)
+        signals += _latency_signals(result, policy)
     signals += _performance_signals(result, policy)
     signals += _slice_signals(result, policy)
     return signals
@@ -495,8 +561,10 @@ def evaluated_causes(result: WindowResult, policy: AlertPolicy | None = None) ->
         out.add(PERFORMANCE_DROP)
     if enough and any(m.name in policy.targets and m.value is not None for m in result.estimated):
         out.add(ESTIMATED_DROP)
-    if any(_usable(m, policy, policy.slice_min_samples) for ms in result.slices.values() for m in ms):
+    if any(_usable_slice(name, m, policy) for name, ms in result.slices.items() for m in ms):
         out.add(SLICE_DEGRADED)
+    if enough and result.latency_ms_p99 is not None and result.key.system in policy.latency_p99_ms:
+        out.add(LATENCY)
     return out
 
 
@@ -1027,6 +1095,7 @@ class AlertLoop:
         self.publisher = publisher
         self.policy = policy or AlertPolicy()
         self.lock = threading.Lock()
+        self._streaks: dict[tuple[str, str, str, str, str], list[tuple[int, int]]] = {}
 
     @classmethod
     def from_settings(
@@ -1052,10 +1121,37 @@ class AlertLoop:
                 exc,
             )
 
+    def _confirmed(self, result: WindowResult, signals: list[Signal], evaluated: set[str]) -> list[Signal]:
+        """Hold back signals of causes in ``policy.confirm_windows`` until they fired in that many consecutive
+        windows of the series (revisions of one window are one window)."""
+        k = result.key
+        window = (k.start_ms, k.end_ms)
+        out = []
+        fired: set[tuple[str, str]] = set()
+        for s in signals:
+            need = self.policy.confirm_windows.get(s.cause, 1)
+            if need <= 1:
+                out.append(s)
+                continue
+            streak_key = (k.system, k.model_name, k.model_version, s.cause, s.subject)
+            fired.add((s.cause, s.subject))
+            windows = self._streaks.setdefault(streak_key, [])
+            if window not in windows:
+                windows.append(window)
+                del windows[:-need]
+            if len(windows) >= need:
+                out.append(s)
+        for streak_key in list(self._streaks):  # a judged window without the signal breaks its streak
+            system, model, version, cause, subject = streak_key
+            if (system, model, version) == (k.system, k.model_name, k.model_version) and cause in evaluated:
+                if (cause, subject) not in fired and window not in self._streaks[streak_key]:
+                    del self._streaks[streak_key]
+        return out
+
     def on_window(self, result: WindowResult, now_ms: int | None = None) -> list[Incident]:
         """Evaluate a closed window, file its signals, publish what is owed; returns the incidents it touched."""
-        signals = evaluate(result, self.policy)
         evaluated = evaluated_causes(result, self.policy)
+        signals = self._confirmed(result, evaluate(result, self.policy), evaluated)
         evidence: dict[str, Scalar] = {f"realised.{m.name}": m.value for m in result.realised if m.value is not None}
         with self.lock:
             touched = self.book.observe_window(result.key, signals, evaluated, now_ms=now_ms, evidence=evidence)

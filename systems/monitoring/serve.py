@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from systems.common.http import create_app as create_base_app
-from systems.monitoring.alerts import EXPORTED_METRICS, AlertLoop, AlertPolicy, data_quality_from_drift, drift_score
+from systems.monitoring.alerts import EXPORTED_METRICS, AlertLoop, AlertPolicy, drift_score, feature_quality
 from systems.monitoring.results import Metric, WindowResult
 from systems.monitoring.settings import MonitoringSettings
 
@@ -193,6 +193,7 @@ class MonitoringCollector(Collector):
                 ("mlsd_monitoring_slice_metric_low", "lower end of the segment metric's CI"),
                 ("mlsd_monitoring_slice_metric_high", "upper end of the segment metric's CI"),
                 ("mlsd_monitoring_label_delay_seconds", "median label delay of the window"),
+                ("mlsd_monitoring_model_latency_p99_ms", "p99 of the records' latency_ms, latest window"),
                 ("mlsd_monitoring_watermark_lag_seconds", "wall clock minus the event-time watermark"),
                 ("mlsd_monitoring_incidents_open", "open incidents"),
             )
@@ -215,7 +216,7 @@ class MonitoringCollector(Collector):
                         g["mlsd_monitoring_prediction_drift"].add_metric([*base, name], _finite(score))
                     else:
                         g["mlsd_monitoring_feature_drift"].add_metric([*base, name], _finite(score))
-                quality = r.data_quality or data_quality_from_drift(r.drift)
+                quality = feature_quality(r)
                 for feature, q in quality.items():
                     null = q.get("null_share") if ok else None
                     g["mlsd_monitoring_null_share"].add_metric([*base, feature], _finite(null))
@@ -249,6 +250,8 @@ class MonitoringCollector(Collector):
                     g["mlsd_monitoring_slice_metric_high"].add_metric(labels, _finite(m.high if enough else None))
             if r.label_delay_s_p50 is not None:
                 g["mlsd_monitoring_label_delay_seconds"].add_metric(base, float(r.label_delay_s_p50))
+            if r.latency_ms_p99 is not None:
+                g["mlsd_monitoring_model_latency_p99_ms"].add_metric(base, _finite(r.latency_ms_p99 if ok else None))
         now_ms = time.time() * 1000
         for system, end_ms in watermarks.items():
             g["mlsd_monitoring_watermark_lag_seconds"].add_metric([system], (now_ms - end_ms) / 1000.0)

@@ -154,12 +154,12 @@ def test_null_spike_and_unseen_categories_break_data_quality(reference) -> None:
     assert all(s.severity == "critical" for s in signals if s.cause == DATA_QUALITY)
 
     explicit = WindowResult(
-        key=key(), count=500, data_quality={"amount": {"null_share": 0.12, "reference_null_share": 0.01}}
+        key=key(), count=500, data_quality={"features": {"amount": {"null_share": 0.12, "reference_null_share": 0.01}}}
     )
     (s,) = evaluate(explicit)
     assert s.subject == "amount:nulls" and s.value == pytest.approx(0.11)
     fine = WindowResult(
-        key=key(), count=500, data_quality={"amount": {"null_share": 0.1, "reference_null_share": 0.05}}
+        key=key(), count=500, data_quality={"features": {"amount": {"null_share": 0.1, "reference_null_share": 0.05}}}
     )
     assert evaluate(fine) == []
 
@@ -239,7 +239,7 @@ def drift_window(i: int, version: str = "1", *, drifted: bool = True) -> WindowR
 
 
 def dq_window(i: int, null_share: float) -> WindowResult:
-    dq = {"tx_count": {"null_share": null_share, "reference_null_share": 0.0}}
+    dq = {"features": {"tx_count": {"null_share": null_share, "reference_null_share": 0.0}}}
     return WindowResult(key=key("1", i), count=1000, data_quality=dq)
 
 
