@@ -149,7 +149,8 @@ class MlsdSettings(BaseSettings):
         return env
 
     def scoped(self, run: str | None = None) -> Self:
-        """A copy private to one run: ``*_topic`` and ``*group_id`` fields get a ``-<run>`` suffix.
+        """A copy private to one run: ``*_topic`` and ``*group_id`` fields get a ``-<run>`` suffix, and so does
+        every topic of a comma-separated ``*_topics`` list.
 
         ``run`` defaults to a fresh 8-hex-digit id; the returned copy's :attr:`run_id` says which. Folders
         follow through :meth:`run_dir`.
@@ -160,6 +161,8 @@ class MlsdSettings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, str) and (name.endswith("_topic") or name.endswith("group_id")):
                 update[name] = f"{value}-{run}"
+            elif isinstance(value, str) and name.endswith("_topics"):
+                update[name] = ",".join(f"{t.strip()}-{run}" for t in value.split(",") if t.strip())
         copy = self.model_copy(update=update)
         copy._run_id = run
         return copy

@@ -80,7 +80,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -210,7 +210,8 @@ class AlertPolicy:
     max_null_share_increase: float = 0.1
     max_unseen_share: float = 0.05
     targets: Mapping[str, MetricTarget] = field(default_factory=dict)
-    """Per metric name (``average_precision``, ``accuracy`` …); metrics without a target raise nothing."""
+    """Per metric name (``ap``, ``accuracy`` …), or per model as ``"<system>/<model_name>:<metric>"`` (which wins):
+    metrics without a target raise nothing."""
     slice_targets: Mapping[str, MetricTarget] = field(default_factory=dict)
     """Per ``"<slice>:<metric>"`` (e.g. ``amount_band=<10:ap``): the segment's own reference. Metrics that depend
     on prevalence (AP, precision) differ between segments on a healthy model, so judging a segment against the
@@ -233,8 +234,47 @@ class AlertPolicy:
         values.update(overrides)
         return cls(**values)
 
+    def target(self, system: str, model_name: str, metric: str) -> MetricTarget | None:
+        """``targets["<system>/<model_name>:<metric>"]`` (one model's reference), else ``targets[metric]``."""
+        return self.targets.get(f"{system}/{model_name}:{metric}") or self.targets.get(metric)
+
+    def slice_target(self, system: str, model_name: str, slice_name: str, metric: str) -> MetricTarget | None:
+        """The segment's own target (model-specific first); the aggregate's only when the policy has no segment
+        targets for this metric (a segment left out of them had too little reference data, and is not judged)."""
+        own = self.slice_targets.get(f"{system}/{model_name}:{slice_name}:{metric}") or self.slice_targets.get(
+            f"{slice_name}:{metric}"
+        )
+        if own is not None:
+            return own
+        if any(k.endswith(f":{metric}") for k in self.slice_targets):
+            return None
+        return self.target(system, model_name, metric)
+
     def severity_of(self, cause: str) -> Severity:
         return self.severity.get(cause, "warning")
+
+
+def targets_from_references(
+    references: Mapping[tuple[str, str], Any], tolerance: float = 0.1
+) -> tuple[dict[str, MetricTarget], dict[str, MetricTarget]]:
+    """Per-model targets (``"<system>/<model>:<metric>"``) from the metrics each reference carries
+    (``windows.Reference.metrics``: the model's performance on its validation data), with ``tolerance``.
+
+    Metrics named ``fpr`` are lower-is-better; every other metric is higher-is-better.
+    """
+    targets: dict[str, MetricTarget] = {}
+    slices: dict[str, MetricTarget] = {}
+    for (system, model_name), ref in references.items():
+        for metric, value in getattr(ref, "metrics", {}).items():
+            targets[f"{system}/{model_name}:{metric}"] = MetricTarget(
+                reference=value, tolerance=tolerance, higher_is_better=metric != "fpr"
+            )
+        for key, value in getattr(ref, "slice_metrics", {}).items():
+            metric = key.rsplit(":", 1)[-1]
+            slices[f"{system}/{model_name}:{key}"] = MetricTarget(
+                reference=value, tolerance=tolerance, higher_is_better=metric != "fpr"
+            )
+    return targets, slices
 
 
 # =============================================================================================== signals
@@ -297,7 +337,6 @@ def data_quality_from_drift(drift: Mapping[str, Any]) -> dict[str, dict[str, flo
     return out
 
 
-
 def feature_quality(result: WindowResult) -> dict[str, dict[str, float | None]]:
     """Per feature: ``null_share``, ``reference_null_share`` and ``unseen_share`` of one window.
 
@@ -311,6 +350,7 @@ def feature_quality(result: WindowResult) -> dict[str, dict[str, float | None]]:
         merged.update({k: v for k, v in q.items() if v is not None or k not in merged})
         out[feature] = merged
     return out
+
 
 def _signal(result: WindowResult, policy: AlertPolicy, cause: str, subject: str, summary: str, **kw: Any) -> Signal:
     k = result.key
@@ -433,8 +473,8 @@ def _data_quality_signals(result: WindowResult, policy: AlertPolicy) -> list[Sig
     return out
 
 
-def _usable(m: Metric, policy: AlertPolicy, min_samples: int) -> MetricTarget | None:
-    target = policy.targets.get(m.name)
+def _usable(result: WindowResult, m: Metric, policy: AlertPolicy, min_samples: int) -> MetricTarget | None:
+    target = policy.target(result.key.system, result.key.model_name, m.name)
     if target is None or m.value is None or m.n < min_samples:
         return None
     return target
@@ -443,7 +483,7 @@ def _usable(m: Metric, policy: AlertPolicy, min_samples: int) -> MetricTarget | 
 def _performance_signals(result: WindowResult, policy: AlertPolicy) -> list[Signal]:
     out: list[Signal] = []
     for m in result.realised:
-        target = _usable(m, policy, policy.min_samples)
+        target = _usable(result, m, policy, policy.min_samples)
         if target is not None and target.breached(m):
             out.append(
                 _signal(
@@ -460,7 +500,7 @@ def _performance_signals(result: WindowResult, policy: AlertPolicy) -> list[Sign
             )
     for m in result.estimated:
         # The estimate needs no labels, so its guard is the window size, not the labelled count.
-        target = policy.targets.get(m.name)
+        target = policy.target(result.key.system, result.key.model_name, m.name)
         if target is None or m.value is None or result.count < policy.min_samples:
             continue
         if target.breached(m, use_ci=m.low is not None and m.high is not None):
@@ -486,17 +526,11 @@ def _latency_signals(result: WindowResult, policy: AlertPolicy) -> list[Signal]:
         return []
     summary = f"model latency p99 {p99:.1f} ms over the {budget:g} ms budget"
     evidence: dict[str, Scalar] = {"latency_ms_p99": p99, "budget_ms": budget}
-    return [
-        _signal(result, policy, LATENCY, "latency_ms_p99", summary, value=p99, threshold=budget, evidence=evidence)
-    ]
+    return [_signal(result, policy, LATENCY, "latency_ms_p99", summary, value=p99, threshold=budget, evidence=evidence)]
 
 
-def _usable_slice(slice_name: str, m: Metric, policy: AlertPolicy) -> MetricTarget | None:
-    """The segment's own target; the aggregate's only when the policy has no segment targets for this metric
-    (a segment left out of them had too little reference data to set one, and is not judged)."""
-    target = policy.slice_targets.get(f"{slice_name}:{m.name}")
-    if target is None and not any(k.endswith(f":{m.name}") for k in policy.slice_targets):
-        target = policy.targets.get(m.name)
+def _usable_slice(result: WindowResult, slice_name: str, m: Metric, policy: AlertPolicy) -> MetricTarget | None:
+    target = policy.slice_target(result.key.system, result.key.model_name, slice_name, m.name)
     if target is None or m.value is None or m.n < policy.slice_min_samples:
         return None
     return target
@@ -507,11 +541,11 @@ def _slice_signals(result: WindowResult, policy: AlertPolicy) -> list[Signal]:
     out: list[Signal] = []
     for slice_name, metrics in result.slices.items():
         for m in metrics:
-            target = _usable_slice(slice_name, m, policy)
+            target = _usable_slice(result, slice_name, m, policy)
             agg = aggregate.get(m.name)
             if target is None or agg is None or agg.value is None:
                 continue  # "while the aggregate looks fine" needs an aggregate to look at
-            agg_target = policy.targets.get(m.name)
+            agg_target = policy.target(result.key.system, result.key.model_name, m.name)
             if target.breached(m) and not (agg_target is not None and agg_target.breached(agg)):
                 out.append(
                     _signal(
@@ -557,11 +591,12 @@ def evaluated_causes(result: WindowResult, policy: AlertPolicy | None = None) ->
         out |= {DRIFT, FEATURE_DRIFT, PREDICTION_DRIFT}
     if enough and (result.data_quality or result.drift):
         out.add(DATA_QUALITY)
-    if any(_usable(m, policy, policy.min_samples) for m in result.realised):
+    if any(_usable(result, m, policy, policy.min_samples) for m in result.realised):
         out.add(PERFORMANCE_DROP)
-    if enough and any(m.name in policy.targets and m.value is not None for m in result.estimated):
+    k = result.key
+    if enough and any(policy.target(k.system, k.model_name, m.name) and m.value is not None for m in result.estimated):
         out.add(ESTIMATED_DROP)
-    if any(_usable_slice(name, m, policy) for name, ms in result.slices.items() for m in ms):
+    if any(_usable_slice(result, name, m, policy) for name, ms in result.slices.items() for m in ms):
         out.add(SLICE_DEGRADED)
     if enough and result.latency_ms_p99 is not None and result.key.system in policy.latency_p99_ms:
         out.add(LATENCY)
@@ -1077,6 +1112,51 @@ class RetrainPublisher:
         return sent
 
 
+# ========================================================================================= retrain watch
+
+
+def registry_lookup(model_name: str, request_id: str) -> list[str]:
+    """Versions of ``model_name`` the registry tags with ``request_id`` (how a consumer reports its retrain)."""
+    from systems.common import registry
+
+    return registry.versions_tagged(model_name, registry.RETRAIN_REQUEST_TAG, request_id)
+
+
+class RetrainWatcher:
+    """Closes the loop's last gap: which model version each published retrain request produced.
+
+    Consumers of ``retrain.requests`` register the retrained version with the request id as a tag (see
+    ``RetrainRequest``); :meth:`check` looks the pending ones up (``lookup`` defaults to the MLflow registry)
+    and records the version on the incident, from which point that version's windows decide ``recovered``.
+    A registry that is down is logged and retried on the next check.
+    """
+
+    def __init__(self, loop: AlertLoop, lookup: Callable[[str, str], list[str]] = registry_lookup) -> None:
+        self.loop = loop
+        self.lookup = lookup
+
+    def check(self, now_ms: int | None = None) -> list[Incident]:
+        with self.loop.lock:
+            pending = [
+                i
+                for i in self.loop.book.incidents()
+                if i.retrain_request_id is not None and i.retrained_version is None
+            ]
+        found: list[Incident] = []
+        for inc in pending:
+            try:
+                versions = self.lookup(inc.model_name, cast(str, inc.retrain_request_id))
+            except Exception as exc:  # the registry down: the next check retries
+                log.warning("registry lookup for %s failed (%s: %s)", inc.retrain_request_id, type(exc).__name__, exc)
+                return found
+            if versions:
+                with self.loop.lock:
+                    found.append(
+                        self.loop.book.record_retrain(inc.incident_id, model_version=versions[-1], ts_ms=now_ms)
+                    )
+        return found
+
+
 # ================================================================================================= loop
 
 
@@ -1143,9 +1223,10 @@ class AlertLoop:
                 out.append(s)
         for streak_key in list(self._streaks):  # a judged window without the signal breaks its streak
             system, model, version, cause, subject = streak_key
-            if (system, model, version) == (k.system, k.model_name, k.model_version) and cause in evaluated:
-                if (cause, subject) not in fired and window not in self._streaks[streak_key]:
-                    del self._streaks[streak_key]
+            same_series = (system, model, version) == (k.system, k.model_name, k.model_version)
+            judged_clean = same_series and cause in evaluated and (cause, subject) not in fired
+            if judged_clean and window not in self._streaks[streak_key]:  # a revision of a fired window keeps it
+                del self._streaks[streak_key]
         return out
 
     def on_window(self, result: WindowResult, now_ms: int | None = None) -> list[Incident]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from systems.monitoring.drift import (
     CategoricalSpec,
@@ -77,8 +78,9 @@ def run_ours(frames: DriftFrames) -> dict[str, Any]:
     }
 
 
-def run_evidently(frames: DriftFrames) -> dict[str, Any]:
-    """Evidently 0.7 ``Report([DataDriftPreset()], include_tests=True)``: per-column values and test status."""
+def run_evidently(frames: DriftFrames, html: Path | None = None) -> dict[str, Any]:
+    """Evidently 0.7 ``Report([DataDriftPreset()], include_tests=True)``: per-column values and test status
+    (and its HTML report written to ``html``)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
@@ -90,6 +92,9 @@ def run_evidently(frames: DriftFrames) -> dict[str, Any]:
         snapshot = Report([DataDriftPreset()], include_tests=True).run(current, reference)  # current first
     with _stage(timings, "snapshot_dict"):
         doc = snapshot.dict()
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        snapshot.save_html(str(html))
     return {"seconds": round(sum(timings.values()), 3), "timings": timings, **parse_evidently(doc)}
 
 
@@ -318,3 +323,49 @@ def plot_report(data: dict[str, Any], png: Path) -> None:
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def _read_rows(path: Path) -> pd.DataFrame:
+    from systems.common.errors import MlsdError
+
+    if not path.is_file():
+        raise MlsdError(f"{path}: no such file")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    if path.suffix in (".csv", ".txt"):
+        return pd.read_csv(path)
+    raise MlsdError(f"{path}: use .parquet or .csv")
+
+
+def compare_files(reference: Path, current: Path, html: Path | None = None) -> dict[str, Any]:
+    """Our drift verdict per column beside Evidently's on two files' shared columns (numbers numerical,
+    everything else categorical); ``html`` gets Evidently's report. Rows: per column, both statistics and
+    verdicts; plus the agreement (``compare``)."""
+    from systems.common.errors import MlsdError
+
+    ref, cur = _read_rows(reference), _read_rows(current)
+    shared = [c for c in ref.columns if c in cur.columns]
+    if not shared:
+        raise MlsdError(f"{reference.name} and {current.name} share no column")
+    numerical = [c for c in shared if pd.api.types.is_numeric_dtype(ref[c]) and not pd.api.types.is_bool_dtype(ref[c])]
+    categorical = [c for c in shared if c not in numerical]
+    for c in categorical:  # Evidently and our summaries both want strings for categories
+        ref[c], cur[c] = ref[c].astype(str), cur[c].astype(str)
+    frames = DriftFrames(ref[shared], cur[shared], numerical, categorical, [])
+    ours, theirs = run_ours(frames), run_evidently(frames, html)
+    rows = []
+    for c in shared:
+        o, t = ours["columns"][c], theirs["columns"][c]
+        rows.append(
+            {
+                "column": c,
+                "method": o["method"],
+                "ours_statistic": float("nan") if o["statistic"] is None else o["statistic"],
+                "ours_drifted": o["drifted"],
+                "evidently_method": t["method"],
+                "evidently_statistic": t["statistic"],
+                "evidently_drifted": t["drifted"],
+                "agree": o["drifted"] == t["drifted"],
+            }
+        )
+    return {"columns": rows, **compare(ours, theirs)}

@@ -211,6 +211,7 @@ def alertmanager_config(
     group_interval_s: float = 60.0,
     repeat_interval_s: float = 4 * 3600.0,
     send_resolved: bool = True,
+    bearer_token: str | None = None,
 ) -> dict[str, Any]:
     """An ``alertmanager.yml`` as a dict: every alert to the monitoring webhook, critical ones also paged.
 
@@ -225,6 +226,8 @@ def alertmanager_config(
     categories from a broken pipeline *are* drift, and the fix is the pipeline, not the model.
     """
     webhook: dict[str, Any] = {"url": webhook_url, "send_resolved": send_resolved}
+    if bearer_token:  # the webhook is an admin endpoint of the monitoring service
+        webhook["http_config"] = {"authorization": {"type": "Bearer", "credentials": bearer_token}}
     receivers: list[dict[str, Any]] = [{"name": "monitoring", "webhook_configs": [webhook]}]
     route: dict[str, Any] = {
         "receiver": "monitoring",
@@ -439,6 +442,8 @@ class LocalAlertmanager(_LocalDaemon):
     group_wait_s: float = 5.0
     group_interval_s: float = 60.0
     repeat_interval_s: float = 4 * 3600.0
+    bearer_token: str | None = None
+    """The monitoring service's admin token, sent on every webhook call (None: no Authorization header)."""
 
     name = "alertmanager"
 
@@ -455,6 +460,7 @@ class LocalAlertmanager(_LocalDaemon):
             group_wait_s=self.group_wait_s,
             group_interval_s=self.group_interval_s,
             repeat_interval_s=self.repeat_interval_s,
+            bearer_token=self.bearer_token,
         )
 
     def _command(self) -> list[str]:

@@ -32,6 +32,7 @@ p-value peer (*KS / chi² at p < 0.05*, the test many monitors use) shows why di
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -451,9 +452,10 @@ def bench_scenarios(
     """Every scenario on the same stream geometry; ``cbpe`` aggregates the estimate's error over the runs."""
     runs: dict[str, Any] = {}
     for name in names:
-        runs[name] = run_scenario(
-            name, cfg, progress=None if progress is None else (lambda d, t, n=name: progress(n, d, t))
-        )
+        step: Callable[[int, int], None] | None = None
+        if progress is not None:
+            step = functools.partial(progress, name)
+        runs[name] = run_scenario(name, cfg, progress=step)
     maes = [
         v["mae"]
         for name, r in runs.items()
@@ -472,4 +474,191 @@ def bench_scenarios(
             "mae_concept_drift": concept.get("mae"),
             "note": "estimate vs realised AP per final window; concept drift is CBPE's blind spot (no score change)",
         },
+    }
+
+
+# ================================================================================================== live
+
+
+def _encode(r: PredictionRecord | LabelRecord) -> bytes:
+    import orjson
+
+    return orjson.dumps(r.model_dump())
+
+
+def _service_watermark_ms(service_url: str) -> int:
+    """The largest window end the service has closed for the scenario's system (0 when none)."""
+    import httpx
+
+    try:
+        series = httpx.get(service_url + "/api/summary", timeout=5.0).json().get("series", [])
+    except (httpx.HTTPError, ValueError):
+        return 0
+    return max((s["window"]["end_ms"] for s in series if s.get("system") == SYSTEM), default=0)
+
+
+def install_reference(settings: Any, cfg: StreamConfig, service_url: str | None) -> ReferenceSet:
+    """Write the scenario model's reference (with its AP targets) and ask the service to load it."""
+    import httpx
+
+    from systems.common.errors import MlsdError
+    from systems.monitoring.windows import reference_path
+
+    ref = reference_frame(cfg)
+    reference = ref.reference.with_metrics({"ap": ref.ap}, {f"{k}:ap": v for k, v in ref.slice_ap.items()})
+    reference.save(reference_path(settings.references, SYSTEM, MODEL))
+    if service_url is not None:
+        headers = {"Authorization": f"Bearer {settings.admin_token}"} if settings.admin_token else {}
+        r = httpx.post(service_url + "/api/references/reload", headers=headers, timeout=10.0)
+        if r.status_code != 200:
+            raise MlsdError(f"the service refused the reference reload: {r.status_code} {r.text[:200]}")
+    return ref
+
+
+def inject_live(
+    settings: Any,
+    name: str | None,
+    *,
+    service_url: str | None,
+    clean_windows: int = 5,
+    changed_windows: int = 5,
+    rate_per_s: float = 100.0,
+    speed: float = 10.0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Publish a scenario to the live topics (predictions; labels on the first label topic), paced so that
+    event time runs ``speed`` times faster than the wall clock and starts after the service's watermark.
+
+    Returns counts, seconds and the change point (event time, and the wall time it was published at).
+    """
+    from systems.common.broker import make_producer
+
+    window_ms = round(settings.window_s * 1000)
+    start = max(int(time.time() * 1000), _service_watermark_ms(service_url) + window_ms if service_url else 0)
+    t0 = (start // window_ms + 1) * window_ms
+    cfg = StreamConfig(
+        window_s=settings.window_s,
+        rate_per_s=rate_per_s,
+        clean_windows=clean_windows,
+        changed_windows=changed_windows,
+        allowed_lateness_s=settings.allowed_lateness_s,
+        label_delay_s=2 * settings.window_s,  # labels two windows after their predictions
+        t0_ms=t0,
+        seed=int(time.time()) % 1000,
+    )
+    install_reference(settings, cfg, service_url)
+    producer = make_producer(settings)
+    label_topic = settings.labels[0]
+    counts = {"predictions": 0, "labels": 0}
+    wall0 = time.time()
+    change_wall = None
+    try:
+        for ts, kind, batch in stream(name, cfg):
+            due = wall0 + (ts - t0) / 1000 / speed
+            if due > time.time():
+                time.sleep(due - time.time())
+            if change_wall is None and ts > cfg.change_ms:
+                change_wall = time.strftime("%H:%M:%S")
+            topic = settings.predictions_topic if kind == "predictions" else label_topic
+            for r in batch:
+                producer.send(topic, _encode(r), key=(r.prediction_id or "").encode())
+            counts[kind] += len(batch)
+            if progress is not None:
+                window = (ts - t0) // window_ms
+                phase = "clean" if ts <= cfg.change_ms else (name or "clean")
+                progress(f"window {window}/{clean_windows + changed_windows} ({phase}): {counts['predictions']:,} sent")
+        producer.flush()
+    finally:
+        producer.close()
+    return {**counts, "seconds": time.time() - wall0, "change_ts_ms": cfg.change_ms, "change_wall": change_wall}
+
+
+def bench_alert_latency(
+    *,
+    window_s: float = 10.0,
+    allowed_lateness_s: float = 2.0,
+    clean_windows: int = 3,
+    rate_per_s: float = 400.0,
+    timeout_s: float = 90.0,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """Wall-clock seconds from the first drifted record published to the drift incident opened, live.
+
+    A tansu broker and the service's ingest (:class:`~systems.monitoring.serve.LiveMonitor`, two consumer-group
+    members) run in this process; records carry wall-clock event times and are published in real time, clean
+    for ``clean_windows`` windows and then covariate-shifted. Target: one window plus 5 s (the window has to
+    close, which takes its length plus the allowed lateness after its first drifted record in the worst case).
+    Median of ``repeats`` runs, each on a fresh broker.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from systems.common.broker import LocalBroker, make_producer
+    from systems.common.proc import free_port
+    from systems.monitoring.serve import LiveMonitor
+    from systems.monitoring.settings import MonitoringSettings
+
+    runs = []
+    for rep in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp, LocalBroker(free_port()) as broker:
+            settings = MonitoringSettings(
+                kafka_bootstrap=broker.bootstrap,
+                data_dir=Path(tmp),
+                window_s=window_s,
+                allowed_lateness_s=allowed_lateness_s,
+            ).scoped()
+            now = int(time.time() * 1000)
+            window_ms = round(window_s * 1000)
+            cfg = StreamConfig(
+                window_s=window_s,
+                rate_per_s=rate_per_s,
+                clean_windows=clean_windows,
+                changed_windows=3,
+                allowed_lateness_s=allowed_lateness_s,
+                t0_ms=(now // window_ms + 2) * window_ms,
+                reference_rows=20_000,
+                seed=rep,
+            )
+            install_reference(settings, cfg, None)
+            live = LiveMonitor(settings, lookup=lambda _m, _r: [], poll_s=0.2)
+            live.start()
+            try:
+                if not live.ready.wait(60):
+                    raise RuntimeError("the monitoring ingest did not get its partitions within 60 s")
+                producer = make_producer(settings)
+                first_drift: float | None = None
+                opened: float | None = None
+                for ts, kind, batch in stream("covariate_shift", cfg):
+                    if kind != "predictions":
+                        continue  # drift needs no labels
+                    while time.time() * 1000 < ts:  # real time: event time is the wall clock
+                        time.sleep(min(0.05, max(0.0, ts / 1000 - time.time())))
+                    for r in batch:
+                        producer.send(settings.predictions_topic, _encode(r), key=str(r.prediction_id).encode())
+                    producer.flush()
+                    if first_drift is None and ts > cfg.change_ms:
+                        first_drift = time.time()
+                    if first_drift is not None and any(i.cause == DRIFT for i in live.loop.incidents()):
+                        opened = time.time()
+                        break
+                deadline = time.time() + timeout_s
+                while opened is None and time.time() < deadline:
+                    if any(i.cause == DRIFT for i in live.loop.incidents()):
+                        opened = time.time()
+                    time.sleep(0.05)
+                producer.close()
+            finally:
+                live.stop()
+                live.loop.close()
+            if first_drift is None or opened is None:
+                raise RuntimeError("no drift incident opened")
+            runs.append(round(opened - first_drift, 2))
+    return {
+        "latency_s": float(np.median(runs)),
+        "runs_s": runs,
+        "window_s": window_s,
+        "allowed_lateness_s": allowed_lateness_s,
+        "target_s": window_s + 5.0,
+        "rate_per_s": rate_per_s,
+        "note": "first drifted record published -> drift incident open, service path, median of runs",
     }

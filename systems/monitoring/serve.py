@@ -166,7 +166,12 @@ class MonitoringCollector(Collector):
 
     def __init__(self, view: MonitorView, policy: AlertPolicy | None = None) -> None:
         self.view = view
-        self.policy = policy or AlertPolicy()
+        self._policy = policy or AlertPolicy()
+
+    @property
+    def policy(self) -> AlertPolicy:
+        """The alert loop's current policy (references reloaded at run time bring new targets)."""
+        return self.view.alerts.policy if self.view.alerts is not None else self._policy
 
     def _family(self, name: str, doc: str) -> GaugeMetricFamily:
         return GaugeMetricFamily(name, doc, labels=list(EXPORTED_METRICS[name]))
@@ -234,7 +239,7 @@ class MonitoringCollector(Collector):
                 g["mlsd_monitoring_realised_metric"].add_metric(labels, _finite(m.value if enough else None))
                 g["mlsd_monitoring_realised_metric_low"].add_metric(labels, _finite(m.low if enough else None))
                 g["mlsd_monitoring_realised_metric_high"].add_metric(labels, _finite(m.high if enough else None))
-                target = self.policy.targets.get(m.name)
+                target = self.policy.target(system, model, m.name)
                 if target is not None and (system, model, m.name) not in floors:
                     floors.add((system, model, m.name))
                     which = "floor" if target.higher_is_better else "ceiling"
@@ -346,7 +351,11 @@ def create_app(
         if view.alerts is not None:
             view.alerts.close()
 
-    app = create_base_app(title="mlsd monitoring", lifespan=lifespan, ready=lambda: hasattr(app.state, "view"))
+    def ready() -> bool:
+        ingest_ready: Callable[[], bool] = getattr(app.state, "ingest_ready", lambda: True)
+        return hasattr(app.state, "view") and ingest_ready()
+
+    app = create_base_app(title="mlsd monitoring", lifespan=lifespan, ready=ready)
 
     def require_token(authorization: str | None) -> None:
         if settings.admin_token is None:
@@ -372,6 +381,15 @@ def create_app(
             raise HTTPException(status_code=422, detail=f"not an Alertmanager v4 webhook body: {exc}") from exc
         return {"incidents": [i.incident_id for i in touched]}
 
+    @app.post("/api/references/reload")
+    async def reload_references(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Re-read the reference folder (a new model's training summary, its validation metrics as targets)."""
+        require_token(authorization)
+        reload: Callable[[], list[str]] | None = getattr(app.state, "reload_references", None)
+        if reload is None:
+            raise HTTPException(status_code=503, detail="this service has no live ingest (mlsd monitoring up)")
+        return {"references": reload()}
+
     @app.get("/api/summary")
     async def summary(view: ViewDep) -> dict[str, Any]:
         """Everything the dashboard draws (ML metrics per series, ops metrics, incidents)."""
@@ -391,3 +409,128 @@ def create_app(
 def dashboard_html() -> str:
     """The page (static HTML + JS that draws ``/api/summary``), read once on first request."""
     return (Path(__file__).parent / "dashboard.html").read_text()
+
+
+# ------------------------------------------------------------------------------------------------ live
+
+
+class LiveMonitor:
+    """What ``mlsd monitoring up`` runs beside the HTTP app: the ingest, a timer, references and targets.
+
+    - the ingest: two consumer-group members (predictions, labels) feeding :class:`MonitorState`, whose
+      closed windows go to the view and so to the alert loop;
+    - a timer: idle polls (windows re-emitted as labels mature even when no record arrives) and the
+      :class:`~systems.monitoring.alerts.RetrainWatcher` (which version each retrain request produced);
+    - references from ``settings.references``, with the metrics they carry as per-model alert targets;
+      ``POST /api/references/reload`` installs new ones without a restart.
+
+    ``/readyz`` says ready once both members have their partitions. A bug in a handler stops the ingest and
+    is kept in :attr:`errors` (and makes ``/readyz`` fail), never silently.
+    """
+
+    def __init__(
+        self,
+        settings: MonitoringSettings,
+        *,
+        lookup: Callable[[str, str], list[str]] | None = None,
+        client: str | None = None,
+        poll_s: float = 1.0,
+        registry_poll_s: float = 5.0,
+        tolerance: float = 0.1,
+    ) -> None:
+        from systems.monitoring.alerts import RetrainWatcher, registry_lookup
+        from systems.monitoring.ingest import MonitorState
+        from systems.monitoring.windows import load_references
+
+        self.settings = settings
+        self.tolerance = tolerance
+        self.client = client
+        self.poll_s = poll_s
+        self.registry_poll_s = registry_poll_s
+        refs = load_references(settings.references)
+        self.loop = AlertLoop.from_settings(settings, policy=self._policy(refs))
+        self.state = MonitorState.from_settings(settings, references=refs)
+        self.view = MonitorView(self.loop, min_samples=settings.min_samples, ingest_stats=self.ingest_stats)
+        self.state.on_result = self.view.on_window
+        self.watcher = RetrainWatcher(self.loop, lookup or registry_lookup)
+        self.ready = threading.Event()
+        self.stop_event = threading.Event()
+        self.errors: list[BaseException] = []
+        self._threads: list[threading.Thread] = []
+
+    def _policy(self, refs: Any) -> AlertPolicy:
+        from systems.monitoring.alerts import targets_from_references
+
+        targets, slice_targets = targets_from_references(refs, self.tolerance)
+        return AlertPolicy.from_settings(self.settings, targets=targets, slice_targets=slice_targets)
+
+    def reload_references(self) -> list[str]:
+        """Install every reference in the folder (new series use it) and its targets; returns their names."""
+        from systems.monitoring.windows import load_references
+
+        refs = load_references(self.settings.references)
+        with self.state.lock:
+            for (system, model_name), ref in refs.items():
+                self.state.windows.set_reference(system, model_name, ref)
+        policy = self._policy(refs)
+        with self.loop.lock:
+            self.loop.policy = policy
+        return [f"{system}/{model}" for system, model in sorted(refs)]
+
+    def ingest_stats(self) -> dict[str, Any]:
+        from systems.common.broker import dead_letter_topic
+
+        c = self.state.counters
+        labels = ",".join(dead_letter_topic(t) for t in self.settings.labels)
+        return {
+            "dead_letters": {
+                dead_letter_topic(self.settings.predictions_topic): c.prediction_dead_letters,
+                labels: c.label_dead_letters,
+            },
+            **self.state.snapshot(),
+        }
+
+    def is_ready(self) -> bool:
+        return self.ready.is_set() and not self.errors
+
+    def _ingest(self) -> None:
+        from systems.monitoring.ingest import run_ingest
+
+        try:
+            run_ingest(
+                self.settings, self.state, self.stop_event, on_ready=self.ready.set, client=self.client, fast=True
+            )
+        except BaseException as exc:  # a bug, not bad data (bad data is dead-lettered): keep it visible
+            log.exception("monitoring ingest stopped")
+            self.errors.append(exc)
+
+    def _timer(self) -> None:
+        last_registry = 0.0
+        while not self.stop_event.wait(self.poll_s):
+            try:
+                self.state.poll()
+                if time.monotonic() - last_registry >= self.registry_poll_s:
+                    last_registry = time.monotonic()
+                    self.watcher.check()
+            except Exception:  # a failed poll must not end the timer: the next tick retries
+                log.exception("monitoring timer tick failed")
+
+    def start(self, app: FastAPI | None = None, view: MonitorView | None = None) -> Callable[[], None]:
+        """Start the ingest and the timer (``create_app``'s ``on_start``); returns :meth:`stop`."""
+        if app is not None:
+            app.state.ingest_ready = self.is_ready
+            app.state.reload_references = self.reload_references
+        for name, target in (("monitoring-ingest", self._ingest), ("monitoring-timer", self._timer)):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self.stop
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self._threads:
+            t.join(timeout=15)
+        self._threads.clear()
+
+    def create_app(self) -> FastAPI:
+        return create_app(self.settings, view=self.view, on_start=lambda app, view: self.start(app, view))

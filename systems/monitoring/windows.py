@@ -132,6 +132,10 @@ class Reference:
 
     schema: DriftSchema
     summary: SummarySet
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    """The model's performance on this reference (e.g. validation ``{"ap": 0.71}``): the alert targets."""
+    slice_metrics: Mapping[str, float] = field(default_factory=dict)
+    """The same per segment, keyed ``"<slice>:<metric>"`` (e.g. ``"amount_band=<10:ap"``)."""
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, **fit_kwargs: Any) -> Reference:
@@ -144,13 +148,26 @@ class Reference:
         """A reference from prediction records of a healthy period (features and ``output.*`` columns)."""
         return cls.fit(frame_from_records(records), **fit_kwargs)
 
+    def with_metrics(self, metrics: Mapping[str, float], slice_metrics: Mapping[str, float] | None = None) -> Reference:
+        return replace(self, metrics=dict(metrics), slice_metrics=dict(slice_metrics or {}))
+
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": self.schema.to_dict(), "summary": self.summary.to_dict()}
+        return {
+            "schema": self.schema.to_dict(),
+            "summary": self.summary.to_dict(),
+            "metrics": dict(self.metrics),
+            "slice_metrics": dict(self.slice_metrics),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Reference:
         schema = DriftSchema.from_dict(d["schema"])
-        return cls(schema, SummarySet.from_dict(d["summary"], schema))
+        return cls(
+            schema,
+            SummarySet.from_dict(d["summary"], schema),
+            {k: float(v) for k, v in (d.get("metrics") or {}).items()},
+            {k: float(v) for k, v in (d.get("slice_metrics") or {}).items()},
+        )
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -412,6 +429,12 @@ class Windows:
         self._window_ms = self.config.window_ms
         self._pane_ms = self.config.pane_ms
         self._lateness_ms = self.config.lateness_ms
+
+    def set_reference(self, system: str, model_name: str, reference: Reference) -> None:
+        """Install (or replace) the reference of a model: series created from now on (its next version) are
+        judged against it; a series seen already keeps what it had, since its open panes are summarised on the
+        old layout (or none) and summaries on two layouts cannot be compared."""
+        self.references[(system, model_name)] = reference
 
     # ---- series -------------------------------------------------------------------------------------------
     def series(self, system: str, model_name: str, model_version: str, output: Mapping[str, Any]) -> Series:
