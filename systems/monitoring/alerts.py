@@ -1115,23 +1115,30 @@ class RetrainPublisher:
 # ========================================================================================= retrain watch
 
 
-def registry_lookup(model_name: str, request_id: str) -> list[str]:
-    """Versions of ``model_name`` the registry tags with ``request_id`` (how a consumer reports its retrain)."""
+def registry_lookup(settings: MonitoringSettings) -> Callable[[str, str], list[str]]:
+    """``lookup(model_name, request_id)``: versions the registry of ``settings`` tags with ``request_id`` (how
+    a consumer reports its retrain). The registry is configured first: MLflow's own default would be a
+    ``mlflow.db`` in the working directory."""
     from systems.common import registry
 
-    return registry.versions_tagged(model_name, registry.RETRAIN_REQUEST_TAG, request_id)
+    def lookup(model_name: str, request_id: str) -> list[str]:
+        registry.configure(settings)
+        return registry.versions_tagged(model_name, registry.RETRAIN_REQUEST_TAG, request_id)
+
+    return lookup
 
 
 class RetrainWatcher:
     """Closes the loop's last gap: which model version each published retrain request produced.
 
     Consumers of ``retrain.requests`` register the retrained version with the request id as a tag (see
-    ``RetrainRequest``); :meth:`check` looks the pending ones up (``lookup`` defaults to the MLflow registry)
+    ``RetrainRequest``); :meth:`check` looks the pending ones up (``lookup``: :func:`registry_lookup` in the
+    service)
     and records the version on the incident, from which point that version's windows decide ``recovered``.
     A registry that is down is logged and retried on the next check.
     """
 
-    def __init__(self, loop: AlertLoop, lookup: Callable[[str, str], list[str]] = registry_lookup) -> None:
+    def __init__(self, loop: AlertLoop, lookup: Callable[[str, str], list[str]]) -> None:
         self.loop = loop
         self.lookup = lookup
 

@@ -131,6 +131,7 @@ def inject(
     rate: Annotated[float, typer.Option(help="predictions per event-time second")] = 100.0,
     speed: Annotated[float, typer.Option(help="event time runs this many times faster than the wall clock")] = 10.0,
     url: Annotated[str | None, typer.Option(help="the monitoring service, to install the reference")] = None,
+    model_version: Annotated[str, typer.Option(help="the model version the records name")] = "1",
 ) -> None:
     """Publish a scenario's prediction records and delayed labels to the live topics, paced in event time.
 
@@ -161,6 +162,7 @@ def inject(
             changed_windows=changed_windows,
             rate_per_s=rate,
             speed=speed,
+            model_version=model_version,
             progress=lambda msg: status.update(msg),
         )
     console.print(

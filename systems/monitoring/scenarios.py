@@ -524,6 +524,7 @@ def inject_live(
     changed_windows: int = 5,
     rate_per_s: float = 100.0,
     speed: float = 10.0,
+    model_version: str = "1",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Publish a scenario to the live topics (predictions; labels on the first label topic), paced so that
@@ -553,7 +554,7 @@ def inject_live(
     wall0 = time.time()
     change_wall = None
     try:
-        for ts, kind, batch in stream(name, cfg):
+        for ts, kind, batch in stream(name, cfg, version=model_version):
             due = wall0 + (ts - t0) / 1000 / speed
             if due > time.time():
                 time.sleep(due - time.time())

@@ -452,7 +452,7 @@ class LiveMonitor:
         self.state = MonitorState.from_settings(settings, references=refs)
         self.view = MonitorView(self.loop, min_samples=settings.min_samples, ingest_stats=self.ingest_stats)
         self.state.on_result = self.view.on_window
-        self.watcher = RetrainWatcher(self.loop, lookup or registry_lookup)
+        self.watcher = RetrainWatcher(self.loop, lookup or registry_lookup(settings))
         self.ready = threading.Event()
         self.stop_event = threading.Event()
         self.errors: list[BaseException] = []

@@ -37,7 +37,21 @@ def wait_for(check: Callable[[], Any], timeout_s: float, what: str, every_s: flo
     raise AssertionError(f"timed out after {timeout_s} s: {what}")
 
 
-def test_monitoring_up_detects_an_injected_shift_and_asks_for_one_retrain(
+def _register(settings: MonitoringSettings, request: RetrainRequest | None = None) -> str:
+    """Register a version of the scenario model; with ``request``, tagged as a retrain consumer does when done."""
+    from sklearn.dummy import DummyClassifier
+
+    from systems.common import registry
+
+    model = DummyClassifier().fit([[0.0], [1.0]], [0, 1])
+    registry.configure(settings)
+    tags = {}
+    if request is not None:
+        tags = {registry.RETRAIN_REQUEST_TAG: request.request_id, registry.RETRAIN_INCIDENT_TAG: request.incident_id}
+    return registry.log_and_register(model, flavor="sklearn", name=MODEL, settings=settings, version_tags=tags)
+
+
+def test_monitoring_up_detects_a_shift_asks_for_one_retrain_and_sees_the_retrained_version_recover(
     tmp_path: Path, broker: LocalBroker, make_settings: Callable[..., Any]
 ) -> None:
     settings: MonitoringSettings = make_settings(
@@ -57,6 +71,7 @@ def test_monitoring_up_detects_an_injected_shift_and_asks_for_one_retrain(
     proc = subprocess.Popen(
         [sys.executable, "-m", "systems.cli", "monitoring", "up", "--no-prometheus"],
         env=env,
+        cwd=tmp_path,  # a stray ./mlflow.db would show up here
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -71,6 +86,7 @@ def test_monitoring_up_detects_an_injected_shift_and_asks_for_one_retrain(
         wrong = {"Authorization": "Bearer nope"}
         assert httpx.post(url + "/api/references/reload", headers=wrong, timeout=10).status_code == 401
 
+        deployed = _register(settings)  # the version serving when the shift comes
         started = time.time()
         result = inject_live(
             settings,
@@ -80,6 +96,7 @@ def test_monitoring_up_detects_an_injected_shift_and_asks_for_one_retrain(
             changed_windows=3,
             rate_per_s=300,
             speed=2.0,
+            model_version=deployed,
         )
         assert result["predictions"] == 6 * 5 * 300
         print(f"inject took {time.time() - started:.1f} s ({result['seconds']:.1f} s publishing)")
@@ -89,7 +106,7 @@ def test_monitoring_up_detects_an_injected_shift_and_asks_for_one_retrain(
 
         drift = wait_for(lambda: [i for i in incidents() if i["cause"] == "drift"], 30, "no drift incident")
         (inc,) = drift
-        assert (inc["system"], inc["model_name"]) == (SYSTEM, MODEL)
+        assert (inc["system"], inc["model_name"], inc["model_version"]) == (SYSTEM, MODEL, deployed)
         assert inc["retrain_request_id"] == f"retrain-{inc['incident_id']}"
         assert inc["signals"] >= 1
         # nothing else fired on the clean windows (prediction drift may accompany the shift)
@@ -113,6 +130,33 @@ def test_monitoring_up_detects_an_injected_shift_and_asks_for_one_retrain(
         assert [r.incident_id for r in requests] == [inc["incident_id"]]
         assert (requests[0].system, requests[0].model_name) == (SYSTEM, MODEL)
         print(f"injected {result['predictions']:,} records; incident after {time.time() - started:.1f} s wall")
+
+        # The consumer of the request (fraud's listener in production) registers the retrained version with the
+        # request id as a tag; the service finds it in the registry and records it on the incident ...
+        version = _register(settings, requests[0])
+        assert version != deployed
+        retrained = wait_for(
+            lambda: [i for i in incidents() if i["retrained_version"] == version], 30, "retrain not recorded"
+        )
+        assert retrained[0]["incident_id"] == inc["incident_id"]
+        # ... and clean windows of that version resolve the incident as recovered.
+        inject_live(
+            settings,
+            None,
+            service_url=url,
+            clean_windows=5,
+            changed_windows=0,
+            rate_per_s=300,
+            speed=2.0,
+            model_version=version,
+        )
+        done = wait_for(
+            lambda: [i for i in incidents() if i["incident_id"] == inc["incident_id"] and i["status"] == "resolved"],
+            30,
+            "the incident did not resolve on the retrained version",
+        )
+        assert done[0]["recovered"] is True and done[0]["recovery_evidence"]["model_version"] == version
+        assert not (tmp_path / "mlflow.db").exists(), "the registry lookup must use the configured tracking URI"
     finally:
         consumer.close()
         stop_pid(proc.pid)
