@@ -136,7 +136,10 @@ class RetrainRequest(_Versioned):
     reason: str = Field(min_length=1, max_length=2000, description="what fired, e.g. drift on 3 features")
     severity: str = Field(default="warning", max_length=32)
     requested_ts_ms: int = Field(ge=0, lt=2**53)
-    evidence: dict[str, Scalar] = Field(default_factory=dict, description="the numbers that fired the alert")
+    evidence: dict[str, Scalar] = Field(
+        default_factory=dict,
+        description="the numbers that fired the alert; change_ts_ms: event time the change began (learn after it)",
+    )
 
 
 # ----------------------------------------------------------------------------------------------- encoder

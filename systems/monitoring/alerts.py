@@ -626,6 +626,9 @@ class Incident:
     summary: str
     opened_ts_ms: int
     last_signal_ts_ms: int
+    change_ts_ms: int | None = None
+    """Event time at which the cause first showed: the start of the first window that signalled it. A retrain
+    that answers the incident should learn from data after it (``RetrainRequest.evidence["change_ts_ms"]``)."""
     status: Literal["open", "resolved"] = "open"
     resolved_ts_ms: int | None = None
     signals: int = 0
@@ -806,6 +809,7 @@ class IncidentBook:
                     summary=signal.summary,
                     opened_ts_ms=now_ms,
                     last_signal_ts_ms=now_ms,
+                    change_ts_ms=signal.window_start_ms,
                 )
                 inc.note(now_ms, "opened", f"[{signal.source}] {signal.summary}")
                 self._incidents[inc.incident_id] = inc
@@ -1074,6 +1078,8 @@ class RetrainPublisher:
             "signals": incident.signals,
             "subjects": ",".join(incident.subjects)[:500],
         }
+        if incident.change_ts_ms is not None:
+            evidence["change_ts_ms"] = incident.change_ts_ms
         evidence.update({k: v for k, v in incident.evidence.items() if k not in evidence})
         return RetrainRequest(
             request_id=f"retrain-{incident.incident_id}",

@@ -260,6 +260,8 @@ def test_a_storm_is_one_incident_and_one_retrain_request_then_cooldown_and_resol
     (req,) = producer.requests()
     assert (req.incident_id, req.request_id) == (inc.incident_id, f"retrain-{inc.incident_id}")
     assert (req.system, req.model_name, req.model_version) == ("fraud", "fraud-xgb", "1")
+    # where the change began (the first signalling window), so the retrain can learn from data after it
+    assert req.evidence["change_ts_ms"] == drift_window(0).key.start_ms == inc.change_ts_ms
     assert producer.sent[0][0] == "retrain.requests" and producer.sent[0][2] == b"fraud:fraud-xgb"
     assert [e["kind"] for e in inc.events] == ["opened", "retrain_requested"]  # no 50-line timeline
 
