@@ -24,6 +24,15 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
+# Model-version tags that close the monitoring loop: a version trained because monitoring asked carries the
+# request's id, so "was request R acted on?" is one registry query (``versions_tagged``), for any process.
+RETRAIN_REQUEST_TAG = "mlsd.retrain_request_id"
+"""``RetrainRequest.request_id`` the version was trained for: the idempotency key across restarts."""
+RETRAIN_INCIDENT_TAG = "mlsd.retrain_incident_id"
+"""``RetrainRequest.incident_id`` behind that request."""
+RETRAIN_PROMOTED_TAG = "mlsd.retrain_promoted"
+"""``"true"``/``"false"``: whether the gate moved ``champion`` to that version (set after the gate ran)."""
+
 _FLAVOR_PACKAGES = {
     "sklearn": ["scikit-learn"],
     "xgboost": ["xgboost-cpu", "scikit-learn"],
@@ -67,9 +76,15 @@ def log_and_register(
     settings: MlsdSettings | None = None,
     experiment: str | None = None,
     tags: dict[str, str] | None = None,
+    version_tags: dict[str, str] | None = None,
     **log_kwargs: Any,
 ) -> str:
-    """Log ``model`` in a new run with params/metrics, register it as ``name`` and return the version."""
+    """Log ``model`` in a new run with params/metrics, register it as ``name`` and return the version.
+
+    ``tags`` go on the run; ``version_tags`` on the new model version, written by the same registry call that
+    creates the version (MLflow 3 passes ``log_model(tags=...)`` to ``create_model_version``, one transaction
+    on the SQL store), so no reader ever sees the version without them.
+    """
     import importlib
 
     import mlflow
@@ -84,6 +99,8 @@ def log_and_register(
             mlflow.log_params(params)
         if metrics:
             mlflow.log_metrics(metrics)
+        if version_tags:
+            log_kwargs["tags"] = version_tags
         info = flavor_module.log_model(
             model, name="model", registered_model_name=name, pip_requirements=requirements, **log_kwargs
         )
@@ -101,6 +118,55 @@ def set_alias(name: str, alias: str, version: str | int) -> None:
     from mlflow import MlflowClient
 
     MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def set_version_tags(name: str, version: str, tags: dict[str, str]) -> None:
+    """Set (or overwrite) tags on one model version."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, value)
+
+
+def _literal(text: str) -> str | None:
+    """``text`` as a filter-string literal, or None when it cannot be written as one.
+
+    MLflow's filter parser has no escape sequences (``'it''s'`` stays doubled), but takes single or double
+    quotes: a value holding both kinds cannot be expressed and is filtered in Python instead.
+    """
+    if "'" not in text:
+        return f"'{text}'"
+    if '"' not in text:
+        return f'"{text}"'
+    return None
+
+
+def versions_tagged(name: str, key: str, value: str) -> list[str]:
+    """Versions of registered model ``name`` whose model-version tag ``key`` equals ``value``, ascending.
+
+    [] when the model does not exist. The registry filters (``name = '...' AND tags.`key` = '...'``, which the
+    SQL store of MLflow 3 evaluates in SQL; keys with dots need the backticks); the result is checked again
+    in Python, which also covers what a filter string cannot express and a backend whose ``=`` ignores case.
+    """
+    from mlflow import MlflowClient
+
+    clauses = []
+    name_literal, value_literal = _literal(name), _literal(value)
+    if name_literal is not None:
+        clauses.append(f"name = {name_literal}")
+    if value_literal is not None and "`" not in key:
+        clauses.append(f"tags.`{key}` = {value_literal}")
+    client = MlflowClient()
+    found: set[int] = set()
+    token: str | None = None
+    while True:
+        page = client.search_model_versions(" AND ".join(clauses) or None, page_token=token)
+        found.update(int(v.version) for v in page if v.name == name and v.tags.get(key) == value)
+        token = page.token
+        if not token:
+            break
+    return [str(v) for v in sorted(found)]
 
 
 def get_alias_version(name: str, alias: str) -> str | None:

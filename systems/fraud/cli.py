@@ -5,6 +5,7 @@ mlsd fraud train --compare                # choose on validation, score on test,
 mlsd broker up && mlsd fraud up --scorers 2 --api   # scorers + label sink (+ API) until Ctrl-C
 mlsd fraud replay --rate 2000 --days 1    # transactions and their late labels into Kafka
 mlsd fraud retrain --if-ap-below 0.6      # retrain on matured labels, gate, move `champion`
+mlsd fraud retrain --listen               # ... whenever monitoring asks (retrain.requests), until Ctrl-C
 mlsd fraud bench          # systems/fraud/bench/fraud.json (+ PNG); --parts, --repeats
 mlsd fraud demo                           # all of it, small, in about a minute
 """
@@ -135,8 +136,12 @@ def up(
     api: Annotated[bool, typer.Option(help="also serve POST /score")] = False,
     scorer_only: Annotated[bool, typer.Option(help="run one scorer in this process (compose)")] = False,
     label_sink: Annotated[bool, typer.Option(help="also consume labels into the label store")] = True,
+    retrain_listener: Annotated[
+        bool, typer.Option(help="also retrain when monitoring asks (consume retrain.requests)")
+    ] = True,
 ) -> None:
-    """Run the streaming side: scorer(s), the label sink and optionally the API, until Ctrl-C."""
+    """Run the streaming side: scorer(s), the label sink, the retrain listener and optionally the API,
+    until Ctrl-C."""
     import subprocess
     import sys
 
@@ -147,7 +152,7 @@ def up(
     if scorer_only:
         stream_main([] if history is None else ["--history", str(history)])
         return
-    from systems.fraud.feedback import run_label_sink
+    from systems.fraud.feedback import run_label_sink, run_retrain_listener
 
     cmd = [sys.executable, "-m", "systems.fraud.stream"] + ([] if history is None else ["--history", str(history)])
     procs = [subprocess.Popen(cmd) for _ in range(scorers)]
@@ -169,12 +174,16 @@ def up(
         )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    sink = threading.Thread(target=run_label_sink, args=(settings, stop), daemon=True) if label_sink else None
-    if sink is not None:
-        sink.start()
-    console.print(
-        f"{scorers} scorer(s){' + API' if api else ''}{' + label sink' if sink else ''} running; Ctrl-C stops"
-    )
+    threads = []
+    if label_sink:
+        threads.append(("label sink", threading.Thread(target=run_label_sink, args=(settings, stop), daemon=True)))
+    if retrain_listener:
+        listener = threading.Thread(target=run_retrain_listener, args=(settings, stop), daemon=True)
+        threads.append(("retrain listener", listener))
+    for _, thread in threads:
+        thread.start()
+    extras = "".join(f" + {name}" for name, _ in threads)
+    console.print(f"{scorers} scorer(s){' + API' if api else ''}{extras} running; Ctrl-C stops")
     try:
         while not stop.is_set() and all(p.poll() is None for p in procs):
             time.sleep(0.5)
@@ -217,12 +226,20 @@ def retrain(
     kind: Annotated[str, typer.Option()] = "xgboost",
     train_days: Annotated[int, typer.Option()] = 7,
     eval_days: Annotated[int, typer.Option()] = 2,
+    listen: Annotated[
+        bool, typer.Option(help="retrain whenever monitoring asks (retrain.requests), until Ctrl-C")
+    ] = False,
 ) -> None:
     """Train on matured labels; promote to `champion` only if it beats it on the same recent window."""
     from systems.fraud.feedback import recent_ap
     from systems.fraud.feedback import retrain as do_retrain
 
     settings = _settings()
+    if listen:
+        if if_ap_below is not None:
+            raise MlsdError("--listen acts on monitoring's requests; --if-ap-below is for a scheduled run: use one")
+        _listen(settings, {"kind": kind, "train_days": train_days, "eval_days": eval_days})
+        return
     if if_ap_below is not None:
         ap = recent_ap(settings)
         if ap is not None and ap >= if_ap_below:
@@ -235,6 +252,48 @@ def retrain(
         f"candidate v{res.candidate_version} AP {res.candidate_ap:.3f} vs champion "
         f"v{res.champion_version} AP {res.champion_ap}: {verdict}"
     )
+
+
+def _listen(settings, retrain_kwargs: dict) -> None:
+    """``retrain --listen``: the listener in a thread, this one waiting for Ctrl-C / SIGTERM (a clean stop
+    commits what was handled; a retrain under way finishes first)."""
+    from systems.fraud.feedback import RetrainOutcome, run_retrain_listener
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    colour = {"retrained": "green", "duplicate": "yellow", "ignored": "dim", "failed": "red"}
+
+    def show(o: RetrainOutcome) -> None:
+        version = f" v{o.version}" if o.version else ""
+        promoted = "" if o.promoted is None else (" promoted" if o.promoted else " kept the champion")
+        console.print(f"[{colour[o.status]}]{o.status}[/] {o.request_id}{version}{promoted}: {o.detail}")
+
+    errors: list[Exception] = []
+
+    def target() -> None:
+        try:
+            run_retrain_listener(
+                settings,
+                stop,
+                on_ready=lambda: console.print(f"listening on {settings.retrain_requests_topic}; Ctrl-C stops"),
+                on_outcome=show,
+                retrain_kwargs=retrain_kwargs,
+            )
+        except Exception as exc:  # re-raised in the main thread, so the CLI exits non-zero
+            errors.append(exc)
+            stop.set()
+
+    thread = threading.Thread(target=target, name="retrain-listener", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        console.print("stopping (a retrain under way finishes first)")
+        stop.set()
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """The feedback loop: late labels -> label store -> retrain on matured labels -> gated promotion.
 
-Run: ``mlsd fraud retrain`` (scheduled), or ``mlsd fraud retrain --if-ap-below 0.5`` (only when the
-champion's Average Precision on the most recent matured day has dropped below the floor).
+Run: ``mlsd fraud retrain`` (scheduled), ``mlsd fraud retrain --if-ap-below 0.5`` (only when the
+champion's Average Precision on the most recent matured day has dropped below the floor), or
+``mlsd fraud retrain --listen`` (when monitoring asks: ``retrain.requests``; also a thread of ``mlsd fraud up``).
 
 - ``run_label_sink`` consumes ``labels`` in its own consumer group and writes them idempotently to the
   label store (a chargeback re-delivered is still one label).
@@ -10,29 +11,47 @@ champion's Average Precision on the most recent matured day has dropped below th
   candidate on the older window, and evaluates candidate and champion on the same most-recent window.
   The candidate is registered either way; ``champion`` moves only if it wins on Average Precision.
   Running scorers notice the alias move within ``alias_poll_s`` and swap between two batches.
+- ``run_retrain_listener`` closes the monitoring loop: it consumes monitoring's ``RetrainRequest`` messages
+  and runs ``retrain`` at most once per ``request_id``, recorded as tags on the version it registers
+  (``registry.RETRAIN_REQUEST_TAG``), which is also how monitoring learns what its request produced.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from systems.common.broker import Consumer, Record, make_consumer, make_producer, run_consumer_loop
+from systems.common.broker import (
+    Consumer,
+    Record,
+    TopicSpec,
+    create_topics,
+    dead_letter_topic,
+    make_consumer,
+    make_producer,
+    run_consumer_loop,
+)
 from systems.common.errors import MlsdError
+from systems.common.predictions import RetrainRequest
 from systems.fraud.evaluate import evaluate_scores
 from systems.fraud.features import FEATURES, SECONDS_PER_DAY
+from systems.fraud.model import FraudModel
 from systems.fraud.schemas import Chargeback
 from systems.fraud.settings import FraudSettings
 from systems.fraud.store import LabelStore, features_matrix
 from systems.fraud.stream import decision_store_url, label_store_url, load_champion
-from systems.fraud.train import Split, SplitConfig, register_model, train_one
+from systems.fraud.train import PIP_REQUIREMENTS, Split, SplitConfig, train_one
 
 log = logging.getLogger(__name__)
+
+SYSTEM = "fraud"
+"""This system's name in prediction records and in the ``RetrainRequest`` messages meant for it."""
 
 
 def run_label_sink(settings: FraudSettings, stop: threading.Event, *, group_id: str | None = None) -> int:
@@ -94,6 +113,32 @@ class RetrainResult:
         return dict(vars(self))
 
 
+def _register_candidate(
+    settings: FraudSettings,
+    model: FraudModel,
+    *,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    version_tags: dict[str, str] | None,
+) -> str:
+    """``train.register_model`` with model-version tags set at creation (its arguments, plus ``version_tags``)."""
+    from systems.common import registry
+
+    version = registry.log_and_register(
+        model,
+        flavor="sklearn",
+        name=settings.model_name,
+        params=params,
+        metrics={k.replace("@", "_at_"): float(v) for k, v in metrics.items()},
+        pip_requirements=PIP_REQUIREMENTS,
+        settings=settings,
+        serialization_format="cloudpickle",
+        version_tags=version_tags,
+    )
+    model.version = version
+    return version
+
+
 def recent_ap(settings: FraudSettings, *, days: int = 1) -> float | None:
     """Average Precision of the *served* scores over the last ``days`` of matured labels."""
     df = matured_frame(settings)
@@ -114,8 +159,14 @@ def retrain(
     calib_days: int = 2,
     eval_days: int = 2,
     fit_params: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RetrainResult:
-    """Train a candidate on matured labels and promote it only if it beats the champion (same window)."""
+    """Train a candidate on matured labels and promote it only if it beats the champion (same window).
+
+    ``tags`` are written on the candidate's model version by the call that creates it (see
+    ``registry.log_and_register``): a crash right after registration cannot leave an untagged version behind.
+    Raises :class:`MlsdError` when there is nothing to train on yet (no matured labels, a single-class window).
+    """
     from systems.common import registry
 
     df = matured_frame(settings)
@@ -138,11 +189,12 @@ def retrain(
         if part["fraud"].nunique() < 2:
             raise MlsdError(f"the {name} window has a single class; wait for more matured labels")
     candidate, metrics = train_one(split, kind, strategy, fit_params=fit_params)
-    version = register_model(
+    version = _register_candidate(
         settings,
         candidate,
         params={"kind": kind, "strategy": strategy, "source": "retrain", "eval_days": f"{eval_lo}..{last}"},
         metrics=metrics,
+        version_tags=tags,
     )
     registry.set_alias(settings.model_name, registry.CHALLENGER, version)
     # both models scored by the same code on the same rows (unrounded), so "better" means better
@@ -163,3 +215,125 @@ def retrain(
         eval_rows=len(test),
         eval_days=(eval_lo, last),
     )
+
+
+# ------------------------------------------------------------------------------------ retrain requests
+
+RetrainStatus = Literal["retrained", "duplicate", "ignored", "failed"]
+
+RETRAIN_MAX_POLL_INTERVAL_MS = 60 * 60 * 1000
+"""A retrain runs inside the handler, between two polls; at handbook scale it can take minutes (XGBoost +
+SMOTE ~150 s here), past the clients' 5-minute default after which the member is dropped from its group."""
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    """What the listener did with one request.
+
+    ``status``: ``retrained`` (a new version, tagged with the request), ``duplicate`` (a version already
+    carries this request id; ``version`` is it), ``ignored`` (another system's or model's request),
+    ``failed`` (no retrain possible now, e.g. no matured labels; nothing tagged, so a re-request can succeed).
+    """
+
+    request_id: str
+    incident_id: str
+    status: RetrainStatus
+    version: str | None = None
+    promoted: bool | None = None
+    detail: str = ""
+
+
+def run_retrain_listener(
+    settings: FraudSettings,
+    stop: threading.Event,
+    *,
+    group_id: str | None = None,
+    on_ready: Callable[[], None] | None = None,
+    on_outcome: Callable[[RetrainOutcome], None] | None = None,
+    retrain_kwargs: dict[str, Any] | None = None,
+) -> list[RetrainOutcome]:
+    """Act on monitoring's retrain requests until ``stop``; returns one outcome per request read.
+
+    Through the common consumer loop, so a malformed request goes to ``<topic>.dlq`` with its reason and the
+    offset is committed after the batch was handled (at-least-once). The guarantees on top of that:
+
+    - Only requests with ``system == "fraud"`` and ``model_name == settings.model_name`` are acted on; the
+      topic is shared by every system, so the rest are counted (``ignored``) and committed, not dead-lettered.
+    - At most one retrain per ``request_id``, across restarts and consumers: before training, the registry is
+      asked for a version tagged with the request id (``registry.versions_tagged``); the retrain writes that
+      tag (and the incident id) on the version it registers, atomically with the registration. A re-delivery
+      (a crash before the commit, a rebalance) or a second publication finds the tag and is a ``duplicate``.
+      An in-process set answers repeats within this process without a registry query.
+    - A request that cannot be served now (``MlsdError`` from ``retrain``: no matured labels, a single-class
+      window) is logged as ``failed`` and its offset **is committed**. An offset is a watermark, not a
+      per-message ack: not committing it would be undone by the next request's commit, and the only way to
+      retry it would be to stop reading the topic until labels mature, holding back every request behind
+      it. Nothing is tagged, so monitoring (``versions_tagged`` → []) sees the request as not acted on, and a
+      re-request, even with the same id, is retrained.
+    - Anything else (registry unreachable, a bug) propagates and stops the listener without committing:
+      the request is re-delivered on restart, and the tag check makes that safe.
+
+    Known gap: a crash after registration but before the gate leaves the candidate registered (and tagged)
+    without a promotion decision; the request then counts as done. ``mlsd.retrain_promoted`` is written after
+    the gate, so such a version has no promoted tag.
+    ``retrain_kwargs`` go to :func:`retrain` (``kind``, ``train_days``, ``fit_params``, ...).
+    """
+    from systems.common import registry
+
+    # The at-most-once check reads the registry before anything registers (which would configure it): without
+    # this, a fresh process asks MLflow's default registry (./mlflow.db), finds no tag, and retrains again.
+    registry.configure(settings)
+    topic = settings.retrain_requests_topic
+    # Requests are rare and a retrain is long: one partition, and small batches so a commit follows soon.
+    create_topics(settings, [TopicSpec(topic, 1), TopicSpec(dead_letter_topic(topic), 1)])
+    poll_override: dict[str, Any] = (
+        {"max.poll.interval.ms": RETRAIN_MAX_POLL_INTERVAL_MS}
+        if settings.kafka_client == "confluent"
+        else {"max_poll_interval_ms": RETRAIN_MAX_POLL_INTERVAL_MS}
+    )
+    consumer: Consumer = make_consumer(
+        settings, [topic], group_id or f"{settings.group_id}-retrain-listener", **poll_override
+    )
+    producer = make_producer(settings)
+    kwargs = dict(retrain_kwargs or {})
+    done: set[str] = set()  # request ids known to have a tagged version (this process)
+    outcomes: list[RetrainOutcome] = []
+
+    def act(request: RetrainRequest) -> RetrainOutcome:
+        rid, iid = request.request_id, request.incident_id
+        if request.system != SYSTEM or request.model_name != settings.model_name:
+            return RetrainOutcome(rid, iid, "ignored", detail=f"for {request.system}/{request.model_name}")
+        if rid in done:
+            return RetrainOutcome(rid, iid, "duplicate", detail="already handled by this listener")
+        existing = registry.versions_tagged(settings.model_name, registry.RETRAIN_REQUEST_TAG, rid)
+        if existing:
+            done.add(rid)
+            return RetrainOutcome(rid, iid, "duplicate", version=existing[-1], detail="a version carries its tag")
+        tags = {registry.RETRAIN_REQUEST_TAG: rid, registry.RETRAIN_INCIDENT_TAG: iid}
+        try:
+            result = retrain(settings, tags=tags, **kwargs)
+        except MlsdError as exc:
+            return RetrainOutcome(rid, iid, "failed", detail=str(exc))
+        done.add(rid)
+        promoted = "true" if result.promoted else "false"
+        registry.set_version_tags(
+            settings.model_name, result.candidate_version, {registry.RETRAIN_PROMOTED_TAG: promoted}
+        )
+        detail = f"candidate AP {result.candidate_ap:.4f} vs champion {result.champion_ap}"
+        return RetrainOutcome(rid, iid, "retrained", result.candidate_version, result.promoted, detail)
+
+    def handle(batch: list[tuple[Record, RetrainRequest]]) -> None:
+        for _, request in batch:
+            outcome = act(request)
+            level = logging.WARNING if outcome.status == "failed" else logging.INFO
+            log.log(level, "retrain request %s: %s %s", outcome.request_id, outcome.status, outcome.detail)
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+
+    try:
+        run_consumer_loop(consumer, producer, RetrainRequest, handle, stop=stop, max_records=10, on_ready=on_ready)
+    finally:
+        consumer.close()
+        producer.close()
+    return outcomes
