@@ -506,6 +506,7 @@ def run_consumer_loop(
     commit_interval_s: float = 0.0,
     before_commit: Callable[[], None] | None = None,
     on_ready: Callable[[], None] | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> None:
     """At-least-once processing: poll → decode (bad → DLQ) → ``handle(batch)`` → flush → commit.
 
@@ -520,6 +521,8 @@ def run_consumer_loop(
     ``before_commit`` runs first at each commit point: the place for a handler that buffers its results to make
     them durable (one store transaction per commit instead of per batch).
     ``on_ready`` is called once, when the group has assigned this consumer its partitions (readiness).
+    ``tick`` runs after every poll, with records or without: periodic work of a consumer whose topic may stay
+    idle for long (``before_commit`` only runs once something was handled).
     """
 
     def commit() -> None:
@@ -544,6 +547,8 @@ def run_consumer_loop(
         if pending and (not records or now - last_commit >= commit_interval_s):
             commit()
             pending, last_commit = False, now
+        if tick is not None:
+            tick()
     if pending:  # a clean stop commits what was handled
         commit()
 

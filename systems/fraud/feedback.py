@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from systems.common.broker import (
@@ -98,6 +100,10 @@ def matured_frame(settings: FraudSettings, *, as_of_s: int | None = None) -> pd.
     return out
 
 
+class RetrainNotReady(MlsdError):
+    """Not enough matured labels after the change point yet: retry once more labels have matured."""
+
+
 @dataclass
 class RetrainResult:
     candidate_version: str
@@ -160,8 +166,15 @@ def retrain(
     eval_days: int = 2,
     fit_params: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
+    since_s: int | None = None,
 ) -> RetrainResult:
     """Train a candidate on matured labels and promote it only if it beats the champion (same window).
+
+    The windows are whole days: the last matured day is left out while it holds under half the rows of a
+    typical day (its labels are still arriving). ``since_s`` (the change point a monitoring incident names)
+    makes every window start on or after that day: a model that answers a drift must learn the world after
+    it, and with labels a week late that world is not in the label store yet right after the alert —
+    :class:`RetrainNotReady` says so, and the listener waits for it.
 
     ``tags`` are written on the candidate's model version by the call that creates it (see
     ``registry.log_and_register``): a crash right after registration cannot leave an untagged version behind.
@@ -172,9 +185,19 @@ def retrain(
     df = matured_frame(settings)
     if df.empty:
         raise MlsdError("no matured labels joined to decisions yet: let the scorers and label sink run")
+    per_day = df["day"].value_counts()
     last = int(df["day"].max())
+    if len(per_day) > 1 and per_day[last] < 0.5 * per_day.median():
+        last -= 1
+        df = df[df["day"] <= last]
     eval_lo = last - eval_days + 1
     train_lo = eval_lo - train_days
+    if since_s is not None and train_lo < since_s // SECONDS_PER_DAY:
+        first = since_s // SECONDS_PER_DAY
+        raise RetrainNotReady(
+            f"matured labels reach day {last}; learning after the change (day {first}) needs days "
+            f"{first}..{first + train_days + eval_days - 1}"
+        )
     train = df[(df["day"] >= train_lo) & (df["day"] < eval_lo)]
     test = df[df["day"] >= eval_lo]
     split = Split(
@@ -219,7 +242,7 @@ def retrain(
 
 # ------------------------------------------------------------------------------------ retrain requests
 
-RetrainStatus = Literal["retrained", "duplicate", "ignored", "failed"]
+RetrainStatus = Literal["retrained", "duplicate", "ignored", "failed", "deferred"]
 
 RETRAIN_MAX_POLL_INTERVAL_MS = 60 * 60 * 1000
 """A retrain runs inside the handler, between two polls; at handbook scale it can take minutes (XGBoost +
@@ -232,7 +255,8 @@ class RetrainOutcome:
 
     ``status``: ``retrained`` (a new version, tagged with the request), ``duplicate`` (a version already
     carries this request id; ``version`` is it), ``ignored`` (another system's or model's request),
-    ``failed`` (no retrain possible now, e.g. no matured labels; nothing tagged, so a re-request can succeed).
+    ``failed`` (no retrain possible now, e.g. no matured labels; nothing tagged, so a re-request can succeed),
+    ``deferred`` (the request names a change point and too few labels after it have matured: kept, retried).
     """
 
     request_id: str
@@ -251,6 +275,7 @@ def run_retrain_listener(
     on_ready: Callable[[], None] | None = None,
     on_outcome: Callable[[RetrainOutcome], None] | None = None,
     retrain_kwargs: dict[str, Any] | None = None,
+    retry_s: float = 2.0,
 ) -> list[RetrainOutcome]:
     """Act on monitoring's retrain requests until ``stop``; returns one outcome per request read.
 
@@ -272,6 +297,12 @@ def run_retrain_listener(
       re-request, even with the same id, is retrained.
     - Anything else (registry unreachable, a bug) propagates and stops the listener without committing:
       the request is re-delivered on restart, and the tag check makes that safe.
+
+    - A request whose evidence names the change point (``change_ts_ms``: where monitoring saw the cause begin)
+      is retrained on data after it only (``retrain(since_s=...)``). Labels come a week late, so right after
+      the alert there is none: the request is ``deferred`` — kept in ``<fraud dir>/retrain_deferred.json``
+      (a restart keeps it) and retried every ``retry_s`` (the loop's ``tick``, so also while the topic is
+      idle), in arrival order.
 
     Known gap: a crash after registration but before the gate leaves the candidate registered (and tagged)
     without a promotion decision; the request then counts as done. ``mlsd.retrain_promoted`` is written after
@@ -298,6 +329,18 @@ def run_retrain_listener(
     kwargs = dict(retrain_kwargs or {})
     done: set[str] = set()  # request ids known to have a tagged version (this process)
     outcomes: list[RetrainOutcome] = []
+    deferred_path = settings.run_dir("fraud") / "retrain_deferred.json"
+    deferred: dict[str, RetrainRequest] = {}
+    if deferred_path.is_file():
+        for raw in orjson.loads(deferred_path.read_bytes()):
+            deferred[raw["request_id"]] = RetrainRequest.model_validate(raw)
+    last_retry = [0.0]
+
+    def save_deferred() -> None:
+        deferred_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = deferred_path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps([r.model_dump() for r in deferred.values()]))
+        tmp.replace(deferred_path)  # atomic: a crash leaves the old list or the new one
 
     def act(request: RetrainRequest) -> RetrainOutcome:
         rid, iid = request.request_id, request.incident_id
@@ -310,8 +353,12 @@ def run_retrain_listener(
             done.add(rid)
             return RetrainOutcome(rid, iid, "duplicate", version=existing[-1], detail="a version carries its tag")
         tags = {registry.RETRAIN_REQUEST_TAG: rid, registry.RETRAIN_INCIDENT_TAG: iid}
+        change = request.evidence.get("change_ts_ms")
+        since_s = int(change) // 1000 if isinstance(change, int | float) and not isinstance(change, bool) else None
         try:
-            result = retrain(settings, tags=tags, **kwargs)
+            result = retrain(settings, tags=tags, since_s=since_s, **kwargs)
+        except RetrainNotReady as exc:
+            return RetrainOutcome(rid, iid, "deferred", detail=str(exc))
         except MlsdError as exc:
             return RetrainOutcome(rid, iid, "failed", detail=str(exc))
         done.add(rid)
@@ -322,17 +369,47 @@ def run_retrain_listener(
         detail = f"candidate AP {result.candidate_ap:.4f} vs champion {result.champion_ap}"
         return RetrainOutcome(rid, iid, "retrained", result.candidate_version, result.promoted, detail)
 
+    def report(outcome: RetrainOutcome) -> None:
+        level = logging.WARNING if outcome.status == "failed" else logging.INFO
+        log.log(level, "retrain request %s: %s %s", outcome.request_id, outcome.status, outcome.detail)
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
+    def settle(request: RetrainRequest) -> None:
+        outcome = act(request)
+        if outcome.status == "deferred":
+            if request.request_id not in deferred:
+                deferred[request.request_id] = request
+                save_deferred()
+                report(outcome)  # reported once when deferred, not on every retry
+            return
+        if deferred.pop(request.request_id, None) is not None:
+            save_deferred()
+        report(outcome)
+
     def handle(batch: list[tuple[Record, RetrainRequest]]) -> None:
         for _, request in batch:
-            outcome = act(request)
-            level = logging.WARNING if outcome.status == "failed" else logging.INFO
-            log.log(level, "retrain request %s: %s %s", outcome.request_id, outcome.status, outcome.detail)
-            outcomes.append(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
+            settle(request)
+
+    def retry_deferred() -> None:
+        if not deferred or time.monotonic() - last_retry[0] < retry_s:
+            return
+        last_retry[0] = time.monotonic()
+        for request in list(deferred.values()):
+            settle(request)
 
     try:
-        run_consumer_loop(consumer, producer, RetrainRequest, handle, stop=stop, max_records=10, on_ready=on_ready)
+        run_consumer_loop(
+            consumer,
+            producer,
+            RetrainRequest,
+            handle,
+            stop=stop,
+            max_records=10,
+            on_ready=on_ready,
+            tick=retry_deferred,
+        )
     finally:
         consumer.close()
         producer.close()

@@ -511,7 +511,7 @@ def run_ingest(
         c.label_dead_letters += 1
 
     def idle_poll() -> None:
-        state.poll()  # at each commit point, incl. when a topic goes idle: rate-limited updates go out
+        state.poll()  # at each commit point: rate-limited updates go out (LiveMonitor's timer covers idle)
 
     members = [
         (

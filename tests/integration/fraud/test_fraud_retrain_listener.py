@@ -308,3 +308,60 @@ def test_cli_listen_in_a_fresh_process_finds_the_tag_in_the_configured_registry(
     assert f"duplicate req-cli v{first.version}" in out, out
     assert _tagged(settings, "req-cli") == [first.version] == _all_versions(settings)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_f_a_request_naming_a_change_waits_for_labels_after_it_across_a_restart(  # type: ignore[no-untyped-def]
+    fraud_world, broker, kit, tmp_path: Path
+) -> None:
+    """Monitoring names where the change began (``evidence.change_ts_ms``); a retrain right after the alert would
+    learn last week's world, so the request is deferred until enough labels after the change have matured —
+    and a restart in between keeps it (``retrain_deferred.json``), still retraining once."""
+    frame = fraud_world.frame[fraud_world.frame["day"] >= 25]
+    abs_day = (frame["ts_s"] // 86_400).astype(int)
+    first = int(abs_day.min())
+    change_day = first + 8  # the retrain needs change_day .. change_day + 14 (12 train + 3 eval days)
+    decisions = DecisionStore(f"sqlite:///{tmp_path / 'decisions.db'}")
+    X = frame[FEATURES].to_numpy(np.float64)
+    rows = frame[["tx_id", "customer_id", "terminal_id", "ts_s", "amount"]].to_numpy().tolist()
+    decisions.put_many(
+        [
+            (int(t), int(c), int(m), int(s), a, 0.0, "approve", "0", None, 0, X[i].tobytes())
+            for i, (t, c, m, s, a) in enumerate(rows)
+        ]
+    )
+    decisions.close()
+    labels = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}")
+    delay = LABEL_DELAY_DAYS * 86_400
+
+    def mature(mask: np.ndarray) -> None:
+        labels.put_many(
+            [
+                (int(r.tx_id), int(r.customer_id), int(r.terminal_id), int(r.ts_s), int(r.fraud), int(r.ts_s) + delay)
+                for r in frame[mask].itertuples()
+            ]
+        )
+
+    mature((abs_day <= change_day + 11).to_numpy())  # 12 days after the change have matured: 3 short
+    stores = Stores(f"sqlite:///{tmp_path / 'decisions.db'}", f"sqlite:///{tmp_path / 'labels.db'}")
+    settings = _settings(kit, fraud_world, broker, stores)
+    request = _request(settings, "req-f", evidence={"change_ts_ms": change_day * 86_400_000})
+    with listening(settings, kit) as state:
+        _send(settings, request)
+        (deferred,) = _wait_outcomes(kit, state, 1)
+        assert deferred.status == "deferred" and f"day {change_day}" in deferred.detail, deferred
+        time.sleep(0.5)  # retries run (every 2 s by default); nothing is registered, nothing reported twice
+        assert len(state.outcomes) == 1
+    assert _all_versions(settings) == []
+    assert (settings.run_dir("fraud") / "retrain_deferred.json").is_file()
+
+    mature((abs_day > change_day + 11).to_numpy())  # the rest matures while the listener is down
+    labels.close()
+    with listening(settings, kit) as state:  # a new listener: the request is not on the topic any more
+        (served,) = _wait_outcomes(kit, state, 1)
+    assert served.status == "retrained" and _tagged(settings, "req-f") == [served.version] == _all_versions(settings)
+    from mlflow import MlflowClient
+
+    run_id = MlflowClient().get_model_version(settings.model_name, served.version).run_id
+    eval_days = MlflowClient().get_run(run_id).data.params["eval_days"]
+    train_lo = int(eval_days.split("..")[0]) - FAST_RETRAIN["train_days"]
+    assert train_lo >= change_day, "the retrain learned from before the change"
