@@ -184,7 +184,8 @@ def retrain(
 
     df = matured_frame(settings)
     if df.empty:
-        raise MlsdError("no matured labels joined to decisions yet: let the scorers and label sink run")
+        message = "no matured labels joined to decisions yet: let the scorers and label sink run"
+        raise RetrainNotReady(message) if since_s is not None else MlsdError(message)
     per_day = df["day"].value_counts()
     last = int(df["day"].max())
     if len(per_day) > 1 and per_day[last] < 0.5 * per_day.median():

@@ -37,7 +37,8 @@ Alert design
   service down or failing, realised performance confirmed below target, a broken feature pipeline.
   ``warning`` goes to the dashboard and the retrain loop, looked at in working hours: drift, prediction
   drift, an estimated drop, a degraded slice, latency over budget. ``info`` is dashboard only.
-- **Retraining** — :class:`RetrainPublisher` publishes exactly one ``RetrainRequest`` per incident, for the
+- **Retraining** — :class:`RetrainPublisher` publishes at most one ``RetrainRequest`` per incident (and joins an
+  incident to a request of the same model still outstanding), for the
   causes where new data helps (``drift``, ``performance_drop``), and holds it while a ``data_quality``
   incident of the same model is open (retraining on a broken pipeline's output learns the bug). The request id
   is derived from the incident id, and "published" is persisted with the incident, so a restarted service
@@ -1042,6 +1043,11 @@ class AlertmanagerWebhook(BaseModel):
 class RetrainPublisher:
     """One ``RetrainRequest`` per incident of a chosen cause, on ``settings.retrain_requests_topic``.
 
+    One retrain per model at a time: an incident of a model that already has a request outstanding (published,
+    no retrained version yet) joins that request instead of publishing its own — a drift and the performance
+    drop it causes are one change, and two retrains of one model on the same data are one too many; the
+    retrained version is then recorded on both incidents.
+
     Idempotent by incident: the request id is ``retrain-<incident_id>``, and it is persisted on the incident
     right after the producer confirmed delivery. A crash between the two publishes the same request id again
     on restart, which consumers drop (they act at most once per request id); anything else never publishes
@@ -1101,6 +1107,21 @@ class RetrainPublisher:
         if book.open_incident(incident.system, incident.model_name, DATA_QUALITY) is not None:
             if not any(e["kind"] == "retrain_held" for e in incident.events):
                 book.note(incident.incident_id, "retrain_held", "a data-quality incident of this model is open", now)
+            return None
+        outstanding = next(
+            (
+                i
+                for i in book.incidents(status="open")
+                if (i.system, i.model_name) == (incident.system, incident.model_name)
+                and i.incident_id != incident.incident_id
+                and i.retrain_request_id is not None
+                and i.retrained_version is None
+            ),
+            None,
+        )
+        if outstanding is not None:  # one retrain per model at a time: this incident waits on the same one
+            book.record_retrain_request(incident.incident_id, cast(str, outstanding.retrain_request_id), now)
+            book.note(incident.incident_id, "retrain_joined", f"the retrain asked for by {outstanding.incident_id}")
             return None
         request = self.request_for(incident, now)
         publish(self.producer, self.topic, request, key=f"{incident.system}:{incident.model_name}")

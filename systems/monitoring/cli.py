@@ -345,7 +345,37 @@ def bench(
 
 
 @app.command()
-def demo() -> None:
+def demo(
+    synthetic: Annotated[
+        bool, typer.Option(help="only the 10-second synthetic drift/alert demo (no fraud, no broker)")
+    ] = False,
+) -> None:
+    """Drift injected into fraud → alert → retrain request → new champion → recovery (~3 min, real parts).
+
+    With ``--synthetic``: a drifted and a clean model through drift detection and the alert loop (~10 s).
+    """
+    if synthetic:
+        _synthetic_demo()
+        return
+    from systems.monitoring.demo import run_loop
+
+    result = run_loop(say=lambda line: console.print(line, highlight=False))
+    t = Table(title=f"fraud windows (one simulated day each): realised AP vs the reference {result.reference_ap:.3f}")
+    for col in ("day", "version", "predictions", "labelled", "realised AP [95 % CI]", "estimated AP", "drift share"):
+        t.add_column(col, justify="right")
+    for w in result.windows:
+        ci = "-" if w["ap"] is None else f"{w['ap']:.3f} [{w['ap_low']:.3f}, {w['ap_high']:.3f}]"
+        est = "-" if w["estimated_ap"] is None else f"{w['estimated_ap']:.3f}"
+        share = "-" if w["drift_share"] is None else f"{w['drift_share']:.2f}"
+        t.add_row(str(w["day"]), w["version"], f"{w['count']:,}", f"{w['labelled']:,}", ci, est, share)
+    console.print(t)
+    verdict = {True: "[green]recovered[/]", False: "[red]not recovered[/]", None: "[yellow]no verdict yet[/]"}
+    console.print(f"loop {verdict[result.recovered]} in {result.seconds:.0f} s")
+    if result.recovered is not True:
+        raise MlsdError("the loop demo ended without a recovered incident (see the timeline above)")
+
+
+def _synthetic_demo() -> None:
     """A drifted and a clean model through drift detection and the alert loop, in one process (~10 s).
 
     Three windows of synthetic records per model: the drifted one opens one incident (not three), the clean

@@ -36,6 +36,7 @@ from systems.monitoring.alerts import (
     IncidentBook,
     MetricTarget,
     RetrainPublisher,
+    RetrainWatcher,
     Signal,
     drift_score,
     evaluate,
@@ -375,6 +376,23 @@ def test_the_incident_records_the_retrained_version_and_whether_it_recovered() -
     assert inc.recovery_evidence == {"model_version": "2", "realised.average_precision": 0.81}
     assert [e["kind"] for e in inc.events][-3:] == ["not_recovered", "recovered", "resolved"]
     assert len(producer.requests()) == 1  # a retrain that had not helped yet did not ask for another
+
+
+def test_a_second_cause_of_one_model_joins_the_outstanding_retrain_and_both_see_the_new_version() -> None:
+    producer = FakeProducer()
+    loop = make_loop(None, producer, targets={"average_precision": AP})
+    loop.on_window(drift_window(0, "1"), now_ms=T0)  # drift first: a retrain is requested
+    dropped = WindowResult(key=key("1", 7), count=2000, realised=[Metric("average_precision", 0.5, 0.45, 0.55, 1500)])
+    loop.on_window(dropped, now_ms=T0 + 7 * MIN)  # a week later its labels show the drop: same change
+    by_cause = {i.cause: i for i in loop.incidents()}
+    drift, perf = by_cause[DRIFT], by_cause[PERFORMANCE_DROP]
+    assert len(producer.requests()) == 1 and producer.requests()[0].incident_id == drift.incident_id
+    assert perf.retrain_request_id == drift.retrain_request_id
+    assert any(e["kind"] == "retrain_joined" for e in perf.events)
+    watcher = RetrainWatcher(loop, lambda _model, rid: ["2"] if rid == drift.retrain_request_id else [])
+    assert {i.incident_id for i in watcher.check(T0 + 8 * MIN)} == {drift.incident_id, perf.incident_id}
+    assert drift.retrained_version == perf.retrained_version == "2"
+    assert len(producer.requests()) == 1
 
 
 # ------------------------------------------------------------------------------------ alertmanager
