@@ -27,7 +27,7 @@ from systems.common.errors import MlsdError
 app = typer.Typer(help="Monitoring: drift, delayed-label performance, alerts that ask for retraining.")
 console = Console()
 
-BENCH_SECTIONS = ("drift", "sensitivity", "ingest", "join", "alert", "scenarios")
+BENCH_SECTIONS = ("drift", "sensitivity", "ingest", "join", "alert", "scenarios", "loop")
 
 
 @app.command()
@@ -340,6 +340,17 @@ def bench(
             )
         console.print(t)
         console.print(f"CBPE: AP estimate vs realised, MAE {result['cbpe']['mae']}")
+    if "loop" in wanted:
+        from systems.monitoring.demo import LoopConfig, run_loop, summarize
+
+        with console.status("the loop: drift injected into fraud -> alert -> retrain -> recovery (~3 min)"):
+            cfg = LoopConfig()
+            loop = report.section("loop", summarize(run_loop(cfg, say=lambda _line: None), cfg))
+        console.print(
+            f"loop: incident {loop['performance_incident_days_after_drift']} simulated days after the drift, "
+            f"retrained at +{loop['retrained_days_after_drift']}, recovered at +{loop['recovered_days_after_drift']} "
+            f"({loop['seconds']:.0f} s wall)"
+        )
     report.plot(lambda png: plot_report(report.data, png))
     console.print(f"[green]✓[/] wrote {report.path} and its PNG")
 
@@ -369,6 +380,16 @@ def demo(
         share = "-" if w["drift_share"] is None else f"{w['drift_share']:.2f}"
         t.add_row(str(w["day"]), w["version"], f"{w['count']:,}", f"{w['labelled']:,}", ci, est, share)
     console.print(t)
+    from systems.monitoring.demo import LoopConfig, summarize
+
+    s = summarize(result, LoopConfig())
+    console.print(
+        f"after the drift: performance incident +{s['performance_incident_days_after_drift']} simulated days "
+        f"({s['performance_incident_wall_s_after_drift']} s), retrained +{s['retrained_days_after_drift']} "
+        f"({s['retrained_wall_s_after_drift']} s), recovered +{s['recovered_days_after_drift']} "
+        f"({s['recovered_wall_s_after_drift']} s); AP {s['ap_before_drift']} → {s['ap_champion_after_drift']} → "
+        f"{s['ap_retrained']}"
+    )
     verdict = {True: "[green]recovered[/]", False: "[red]not recovered[/]", None: "[yellow]no verdict yet[/]"}
     console.print(f"loop {verdict[result.recovered]} in {result.seconds:.0f} s")
     if result.recovered is not True:

@@ -316,3 +316,54 @@ def _windows(live: Any, first_s: int) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def summarize(result: LoopResult, cfg: LoopConfig) -> dict[str, Any]:
+    """The loop's timings (simulated days after the drift, wall seconds) and AP before, during and after."""
+
+    def first(prefix: str) -> dict[str, Any] | None:
+        return next((e for e in result.timeline if e["event"].startswith(prefix)), None)
+
+    drift = first("drift injected")
+    marks = {
+        "performance_incident": first("incident performance_drop (critical) opened"),
+        "retrained": first("fraud retrain listener: retrained"),
+        "swapped": first("scorer swapped"),
+        "recovered": first("incident performance_drop (critical) recovered"),
+    }
+    out: dict[str, Any] = {"drift_day": cfg.drift_day, "amount_factor": cfg.amount_factor}
+    for name, e in marks.items():
+        out[f"{name}_days_after_drift"] = None if e is None or drift is None else e["sim_day"] - drift["sim_day"]
+        out[f"{name}_wall_s_after_drift"] = (
+            None if e is None or drift is None else round(e["wall_s"] - drift["wall_s"], 1)
+        )
+    perf = next((i for i in result.incidents if i["cause"] == "performance_drop"), None)
+    new = None if perf is None else perf.get("retrained_version")
+
+    def median_ap(rows: list[dict[str, Any]]) -> float | None:
+        values = [w["ap"] for w in rows if w["ap"] is not None]
+        return None if not values else round(float(np.median(values)), 4)
+
+    w = result.windows
+    out.update(
+        {
+            "reference_ap": round(result.reference_ap, 4),
+            "alert_bound": round(result.reference_ap - cfg.tolerance, 4),
+            "ap_before_drift": median_ap([x for x in w if x["day"] < cfg.drift_day]),
+            "ap_champion_after_drift": median_ap([x for x in w if x["day"] >= cfg.drift_day and x["version"] == "1"]),
+            "ap_retrained": median_ap([x for x in w if x["version"] == new]),
+            "estimated_ap_champion_after_drift": median_ap(
+                [
+                    {"ap": x["estimated_ap"]}
+                    for x in w
+                    if x["day"] >= cfg.drift_day and x["version"] == "1" and x["estimated_ap"] is not None
+                ]
+            ),
+            "retrained_version": new,
+            "recovered": result.recovered,
+            "retrain_requests": len({i["retrain_request_id"] for i in result.incidents if i["retrain_request_id"]}),
+            "seconds": result.seconds,
+            "timeline": result.timeline,
+        }
+    )
+    return out
