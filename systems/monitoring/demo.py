@@ -364,6 +364,7 @@ def summarize(result: LoopResult, cfg: LoopConfig) -> dict[str, Any]:
             "retrain_requests": len({i["retrain_request_id"] for i in result.incidents if i["retrain_request_id"]}),
             "seconds": result.seconds,
             "timeline": result.timeline,
+            "windows": [{k: x[k] for k in ("day", "version", "ap", "ap_low", "ap_high", "estimated_ap")} for x in w],
         }
     )
     return out
