@@ -43,12 +43,11 @@ from systems.common.errors import MlsdError
 from systems.common.predictions import RetrainRequest
 from systems.fraud.evaluate import evaluate_scores
 from systems.fraud.features import FEATURES, SECONDS_PER_DAY
-from systems.fraud.model import FraudModel
 from systems.fraud.schemas import Chargeback
 from systems.fraud.settings import FraudSettings
 from systems.fraud.store import LabelStore, features_matrix
 from systems.fraud.stream import decision_store_url, label_store_url, load_champion
-from systems.fraud.train import PIP_REQUIREMENTS, Split, SplitConfig, train_one
+from systems.fraud.train import Split, SplitConfig, register_model, train_one
 
 log = logging.getLogger(__name__)
 
@@ -119,32 +118,6 @@ class RetrainResult:
         return dict(vars(self))
 
 
-def _register_candidate(
-    settings: FraudSettings,
-    model: FraudModel,
-    *,
-    params: dict[str, Any],
-    metrics: dict[str, float],
-    version_tags: dict[str, str] | None,
-) -> str:
-    """``train.register_model`` with model-version tags set at creation (its arguments, plus ``version_tags``)."""
-    from systems.common import registry
-
-    version = registry.log_and_register(
-        model,
-        flavor="sklearn",
-        name=settings.model_name,
-        params=params,
-        metrics={k.replace("@", "_at_"): float(v) for k, v in metrics.items()},
-        pip_requirements=PIP_REQUIREMENTS,
-        settings=settings,
-        serialization_format="cloudpickle",
-        version_tags=version_tags,
-    )
-    model.version = version
-    return version
-
-
 def recent_ap(settings: FraudSettings, *, days: int = 1) -> float | None:
     """Average Precision of the *served* scores over the last ``days`` of matured labels."""
     df = matured_frame(settings)
@@ -213,7 +186,7 @@ def retrain(
         if part["fraud"].nunique() < 2:
             raise MlsdError(f"the {name} window has a single class; wait for more matured labels")
     candidate, metrics = train_one(split, kind, strategy, fit_params=fit_params)
-    version = _register_candidate(
+    version = register_model(
         settings,
         candidate,
         params={"kind": kind, "strategy": strategy, "source": "retrain", "eval_days": f"{eval_lo}..{last}"},

@@ -310,8 +310,17 @@ def fit_selected(
 PIP_REQUIREMENTS = ["xgboost-cpu==3.2.0", "scikit-learn==1.9.1", "torch==2.13.0", "numpy", "pandas"]
 
 
-def register_model(settings: Any, model: FraudModel, *, params: dict[str, Any], metrics: dict[str, float]) -> str:
-    """Log the FraudModel to MLflow (sklearn flavor, cloudpickle) and register it; returns the version."""
+def register_model(
+    settings: Any,
+    model: FraudModel,
+    *,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    version_tags: dict[str, str] | None = None,
+) -> str:
+    """Log the FraudModel to MLflow (sklearn flavor, cloudpickle) and register it; returns the version.
+
+    ``version_tags`` are written by the call that creates the version (``registry.log_and_register``)."""
     from systems.common import registry
 
     version = registry.log_and_register(
@@ -323,6 +332,7 @@ def register_model(settings: Any, model: FraudModel, *, params: dict[str, Any], 
         pip_requirements=PIP_REQUIREMENTS,
         settings=settings,
         serialization_format="cloudpickle",
+        version_tags=version_tags,
     )
     model.version = version
     return version
