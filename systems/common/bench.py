@@ -240,6 +240,24 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def cpu_times() -> tuple[float, float]:
+    """(all CPU time, stolen CPU time) of the machine so far, in clock ticks, from ``/proc/stat``; (0, 0)
+    where there is none. Steal is time the hypervisor gave this VM's CPUs to someone else: wall-clock
+    throughput falls with it while the work done per CPU-second does not."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0, 0.0
+    ticks = [float(f) for f in fields[:8]]
+    return sum(ticks), (ticks[7] if len(ticks) > 7 else 0.0)
+
+
+def steal_pct(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    """Percentage of CPU time stolen between two :func:`cpu_times` readings (None without them)."""
+    total = after[0] - before[0]
+    return round(100 * (after[1] - before[1]) / total, 1) if total > 0 else None
+
+
 # ---------------------------------------------------------------------------- committed bench reports
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -53,9 +53,9 @@ class TopicSpec:
     partitions: int = 1
 
 
-@dataclass(frozen=True)
-class Record:
-    """A consumed message, the same whichever client read it."""
+class Record(NamedTuple):
+    """A consumed message, the same whichever client read it (a tuple: built once per message, ~3x cheaper
+    than a frozen dataclass)."""
 
     topic: str
     partition: int
@@ -303,14 +303,16 @@ class _ConfluentConsumer:
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Record]:
         out: list[Record] = []
+        append = out.append
         for msg in self._consumer.consume(num_messages=max_records, timeout=timeout_s):
             if msg.error() is not None:
                 log.warning("consumer error: %s", msg.error())
                 continue
-            # A consumed message always has these; the client types them as optional.
-            topic, partition, offset = str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0)
-            out.append(Record(topic, partition, offset, msg.key(), msg.value() or b"", msg.timestamp()[1]))
-            self._pending[(topic, partition)] = offset + 1
+            # A consumed message always has topic, partition and offset; the client types them as optional.
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            append(Record(topic, partition, offset, msg.key(), msg.value() or b"", msg.timestamp()[1]))  # type: ignore[arg-type]
+        # Offsets rise within a partition, so the last record of each wins: one C-level pass per batch.
+        self._pending.update({(r.topic, r.partition): r.offset + 1 for r in out})
         return out
 
     def commit(self) -> None:
@@ -486,9 +488,10 @@ def describe_error(exc: Exception) -> str:
 def decode_batch(producer: Producer, records: Sequence[Record], schema: type[M]) -> list[tuple[Record, M]]:
     """Parse each record; a record that fails goes to the dead-letter topic with the reason (not flushed)."""
     batch: list[tuple[Record, M]] = []
+    append, parse = batch.append, schema.model_validate_json  # once per record: no lookups in the loop
     for record in records:
         try:
-            batch.append((record, decode(record, schema)))
+            append((record, parse(record.value)))
         except (ValidationError, ValueError) as exc:
             send_to_dead_letter(producer, record, describe_error(exc))
     return batch

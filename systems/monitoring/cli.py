@@ -115,7 +115,7 @@ def up(
             )
             settings = settings.model_copy(update={"prometheus_url": prom.url})
             console.print(f"Prometheus {prom.url} · Alertmanager {am.url}")
-        live = LiveMonitor(settings)
+        live = LiveMonitor(settings, gc_freeze=True)  # a process that does nothing else (run_ingest)
         console.print(
             f"dashboard http://{settings.host}:{port}/dashboard · ingest {settings.predictions_topic} + "
             f"{','.join(settings.labels)} from {settings.kafka_bootstrap} · references {settings.references}"

@@ -821,6 +821,13 @@ def _cdf_at_edges(s: NumericalSummary) -> np.ndarray:
     return np.cumsum(s.counts)[:-1] / s.count  # (B + 1,) fraction of values below each edge
 
 
+def warm_up() -> None:
+    """Import the scipy modules the tests below use (~1 s the first time), so that a stream pays it when it
+    starts and not inside its first window close, where it stalls ingest for that second."""
+    import scipy.spatial.distance
+    import scipy.stats  # noqa: F401
+
+
 def ks_binned(reference: NumericalSummary, current: NumericalSummary) -> tuple[float, float]:
     """(KS statistic, asymptotic two-sample p-value) with the CDFs evaluated at the bin edges.
 

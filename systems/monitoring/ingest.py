@@ -37,6 +37,7 @@ import orjson
 from pydantic import BaseModel
 from pydantic.config import ExtraValues
 
+from systems.common.bench import cpu_times, steal_pct
 from systems.common.broker import (
     LocalBroker,
     Producer,
@@ -637,6 +638,7 @@ def bench_ingest(
     if with_reference:
         sample = [PredictionRecord.model_validate_json(r) for r in records[: min(n, 20_000)]]
         refs[("fraud", "fraud-xgb")] = Reference.from_records(sample)
+        del sample
     create_topics(s, [TopicSpec(s.predictions_topic, 1), TopicSpec(dead_letter_topic(s.predictions_topic), 1)])
     producer = make_producer(s, client)
     for i, r in enumerate(records):
@@ -652,12 +654,16 @@ def bench_ingest(
         gc.freeze()
     stop, done = threading.Event(), threading.Event()
     clock: dict[str, float] = {}
+    marks: dict[str, tuple[float, float]] = {}
 
     def handle(batch: list[tuple[Record, Any]]) -> None:
-        clock.setdefault("first", time.perf_counter())
+        if "first" not in clock:
+            clock["first"], clock["first_cpu"] = time.perf_counter(), time.process_time()
+            marks["first"] = cpu_times()
         state.add_predictions(r for _, r in batch)
         if state.counters.predictions >= n:
-            clock["last"] = time.perf_counter()
+            clock["last"], clock["last_cpu"] = time.perf_counter(), time.process_time()
+            marks["last"] = cpu_times()
             done.set()
             stop.set()
 
@@ -685,11 +691,15 @@ def bench_ingest(
     if not finished:
         raise RuntimeError(f"only {state.counters.predictions} of {n} records consumed")
     seconds = clock["last"] - clock["first"]
+    cpu_s = clock["last_cpu"] - clock["first_cpu"]  # the whole process: consumer thread and librdkafka's
     snap = state.snapshot()
     return {
         "records": n,
         "records_per_s": round(n / seconds, 1),
         "seconds": round(seconds, 3),
+        "cpu_s": round(cpu_s, 3),
+        "records_per_cpu_s": round(n / cpu_s, 1) if cpu_s > 0 else None,
+        "steal_pct": steal_pct(marks["first"], marks["last"]),
         "decode": "fast" if fast else "pydantic",
         "decode_us": decode,
         "with_reference": with_reference,

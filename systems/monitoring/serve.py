@@ -437,6 +437,7 @@ class LiveMonitor:
         poll_s: float = 1.0,
         registry_poll_s: float = 5.0,
         tolerance: float = 0.1,
+        gc_freeze: bool = False,
     ) -> None:
         from systems.monitoring.alerts import RetrainWatcher, registry_lookup
         from systems.monitoring.ingest import MonitorState
@@ -447,6 +448,7 @@ class LiveMonitor:
         self.client = client
         self.poll_s = poll_s
         self.registry_poll_s = registry_poll_s
+        self.gc_freeze = gc_freeze
         refs = load_references(settings.references)
         self.loop = AlertLoop.from_settings(settings, policy=self._policy(refs))
         self.state = MonitorState.from_settings(settings, references=refs)
@@ -498,7 +500,13 @@ class LiveMonitor:
 
         try:
             run_ingest(
-                self.settings, self.state, self.stop_event, on_ready=self.ready.set, client=self.client, fast=True
+                self.settings,
+                self.state,
+                self.stop_event,
+                on_ready=self.ready.set,
+                client=self.client,
+                fast=True,
+                gc_freeze=self.gc_freeze,
             )
         except BaseException as exc:  # a bug, not bad data (bad data is dead-lettered): keep it visible
             log.exception("monitoring ingest stopped")

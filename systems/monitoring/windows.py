@@ -64,6 +64,7 @@ from systems.monitoring.drift import (
     fit_schema,
     frame_from_records,
     merge_all,
+    warm_up,
 )
 from systems.monitoring.join import DEFAULT_POLICIES, Joined, JoinPolicy, pack_items
 from systems.monitoring.performance import (
@@ -421,6 +422,8 @@ class Windows:
     ):
         self.config = config or WindowConfig()
         self.references: dict[tuple[str, str], Reference] = dict(references or {})
+        if self.references:
+            warm_up()
         self.stats = WindowStats()
         self._series: dict[tuple[str, str, str], Series] = {}
         self._by_index: list[Series] = []
@@ -434,6 +437,7 @@ class Windows:
         """Install (or replace) the reference of a model: series created from now on (its next version) are
         judged against it; a series seen already keeps what it had, since its open panes are summarised on the
         old layout (or none) and summaries on two layouts cannot be compared."""
+        warm_up()
         self.references[(system, model_name)] = reference
 
     # ---- series -------------------------------------------------------------------------------------------
