@@ -654,6 +654,9 @@ class Incident:
     recovered: bool | None = None
     """None until known; False while the cause still fires on ``retrained_version``; True once it resolved there."""
     recovery_evidence: dict[str, Scalar] = field(default_factory=dict)
+    last_signal_window_ms: int | None = None
+    """Start of the newest window that signalled: a clean window older than it (a revision of a window from
+    before the change, re-emitted as its labels matured) is old news and does not count towards resolving."""
     windows_seen: list[str] = field(default_factory=list)
     """Recent windows (``version:start:end``) already counted, as a signal or as clean: a window re-emitted with
     matured labels is the same window, so its revisions neither add signals nor count twice towards resolving."""
@@ -853,8 +856,13 @@ class IncidentBook:
         counted: set[str] = set()  # incidents this window already counted a signal for (several subjects)
         for s in signals:
             inc = self._open.get(s.key)
-            repeat = inc is not None and (inc.incident_id in counted or window_id in inc.windows_seen)
+            known = inc or self._latest.get(s.key)
+            if known is not None and known.incident_id not in counted and window_id in known.windows_seen:
+                continue  # a revision of a window this incident counted: the same evidence, not a new signal
+            repeat = inc is not None and inc.incident_id in counted
             inc = self._record(s, now, count=not repeat)
+            if inc.last_signal_window_ms is None or key.start_ms > inc.last_signal_window_ms:
+                inc.last_signal_window_ms = key.start_ms
             if not repeat:
                 inc.seen(window_id)
                 counted.add(inc.incident_id)
@@ -868,6 +876,8 @@ class IncidentBook:
                 continue
             if inc.cause in fired or inc.cause not in evaluated or inc.cause not in ML_CAUSES:
                 continue
+            if inc.last_signal_window_ms is not None and key.start_ms < inc.last_signal_window_ms:
+                continue  # older than the change's newest evidence
             if inc.seen(f"clean:{window_id}"):  # a revision of a window already counted clean
                 continue
             inc.clean_windows += 1
@@ -1046,7 +1056,9 @@ class RetrainPublisher:
     One retrain per model at a time: an incident of a model that already has a request outstanding (published,
     no retrained version yet) joins that request instead of publishing its own — a drift and the performance
     drop it causes are one change, and two retrains of one model on the same data are one too many; the
-    retrained version is then recorded on both incidents.
+    retrained version is then recorded on both incidents. A request stays outstanding when the incident that
+    asked for it has resolved meanwhile (a drift verdict near its threshold flaps; the retrain it asked for is
+    still coming), for at most ``outstanding_s``: a request nobody answered in that long blocks nothing.
 
     Idempotent by incident: the request id is ``retrain-<incident_id>``, and it is persisted on the incident
     right after the producer confirmed delivery. A crash between the two publishes the same request id again
@@ -1061,11 +1073,13 @@ class RetrainPublisher:
         topic: str,
         causes: Iterable[str] = RETRAIN_CAUSES,
         flush_timeout_s: float = 5.0,
+        outstanding_s: float = 6 * 3600.0,
     ) -> None:
         self.producer = producer
         self.topic = topic
         self.causes = frozenset(causes)
         self.flush_timeout_s = flush_timeout_s
+        self.outstanding_ms = round(outstanding_s * 1000)
 
     @classmethod
     def from_settings(
@@ -1108,14 +1122,19 @@ class RetrainPublisher:
             if not any(e["kind"] == "retrain_held" for e in incident.events):
                 book.note(incident.incident_id, "retrain_held", "a data-quality incident of this model is open", now)
             return None
+        same_model = [
+            i
+            for i in book.incidents()
+            if (i.system, i.model_name) == (incident.system, incident.model_name) and i.retrain_request_id is not None
+        ]
+        answered = {i.retrain_request_id for i in same_model if i.retrained_version is not None}
         outstanding = next(
             (
                 i
-                for i in book.incidents(status="open")
-                if (i.system, i.model_name) == (incident.system, incident.model_name)
-                and i.incident_id != incident.incident_id
-                and i.retrain_request_id is not None
-                and i.retrained_version is None
+                for i in same_model
+                if i.incident_id != incident.incident_id
+                and i.retrain_request_id not in answered
+                and now - (i.retrain_requested_ts_ms or 0) < self.outstanding_ms
             ),
             None,
         )

@@ -17,8 +17,10 @@ label sink and retrain listener (``feedback.py``); monitoring's ingest, windows,
    chargebacks mature — the realised AP drop (a ``performance_drop`` incident, critical), which asks for a
    retrain; fraud defers it until labels from after the change point have matured, retrains on them, and the
    gate promotes the candidate if it beats the champion on the same recent day; scorers swap to it;
-4. a week after that, the new version's windows have matured labels, and three clean ones resolve the
-   incident as recovered.
+4. the registry watch finds the new version and re-baselines it (its first window becomes its reference:
+   it was trained on the new world), so three windows without drift resolve the drift incident as recovered;
+   a week after that, the new version's windows have matured labels, and three clean ones resolve the
+   performance incident as recovered.
 
 Event time is compressed (a simulated day takes a few seconds), so the replay waits at each day boundary
 until the scorer has scored the day and monitoring has ingested it; while a retrain request is pending it
@@ -330,6 +332,7 @@ def summarize(result: LoopResult, cfg: LoopConfig) -> dict[str, Any]:
         "retrained": first("fraud retrain listener: retrained"),
         "swapped": first("scorer swapped"),
         "recovered": first("incident performance_drop (critical) recovered"),
+        "drift_recovered": first("incident drift (warning) recovered"),
     }
     out: dict[str, Any] = {"drift_day": cfg.drift_day, "amount_factor": cfg.amount_factor}
     for name, e in marks.items():
@@ -361,6 +364,7 @@ def summarize(result: LoopResult, cfg: LoopConfig) -> dict[str, Any]:
             ),
             "retrained_version": new,
             "recovered": result.recovered,
+            "drift_recovered": next((i["recovered"] for i in result.incidents if i["cause"] == "drift"), None),
             "retrain_requests": len({i["retrain_request_id"] for i in result.incidents if i["retrain_request_id"]}),
             "seconds": result.seconds,
             "timeline": result.timeline,

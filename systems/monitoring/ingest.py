@@ -54,7 +54,7 @@ from systems.common.proc import free_port
 from systems.monitoring.join import Added, JoinConfig, LabelJoin
 from systems.monitoring.results import WindowKey, WindowResult
 from systems.monitoring.settings import MonitoringSettings
-from systems.monitoring.windows import Reference, WindowConfig, Windows, load_references
+from systems.monitoring.windows import Reference, WindowConfig, Windows, load_references, load_version_references
 
 # ============================================================================================== decoding
 
@@ -272,11 +272,12 @@ class MonitorState:
         windows: WindowConfig | None = None,
         join: JoinConfig | None = None,
         references: Mapping[tuple[str, str], Reference] | None = None,
+        version_references: Mapping[tuple[str, str, str], Reference] | None = None,
         on_result: Callable[[WindowResult], None] | None = None,
         max_latest: int = 10_000,
     ) -> None:
         wcfg = windows or WindowConfig()
-        self.windows = Windows(wcfg, references)
+        self.windows = Windows(wcfg, references, version_references)
         self.join = LabelJoin(
             join
             or JoinConfig(
@@ -295,10 +296,12 @@ class MonitorState:
         settings: MonitoringSettings,
         *,
         references: Mapping[tuple[str, str], Reference] | None = None,
+        version_references: Mapping[tuple[str, str, str], Reference] | None = None,
         on_result: Callable[[WindowResult], None] | None = None,
         **window_overrides: Any,
     ) -> MonitorState:
-        """Windows and join from settings; references given, else loaded from ``settings.references``."""
+        """Windows and join from settings; references (per model, and re-baselined per version) given, else
+        loaded from ``settings.references``."""
         wcfg = WindowConfig.from_settings(settings, **window_overrides)
         jcfg = JoinConfig(
             label_wait_s=settings.label_wait_s,
@@ -306,8 +309,17 @@ class MonitorState:
             max_pending=settings.max_pending,
             policies=wcfg.policies,
         )
-        refs = references if references is not None else load_references(settings.references)
-        return cls(windows=wcfg, join=jcfg, references=refs, on_result=on_result)
+        if references is None:
+            references = load_references(settings.references)
+        if version_references is None:
+            version_references = load_version_references(settings.references)
+        return cls(
+            windows=wcfg,
+            join=jcfg,
+            references=references,
+            version_references=version_references,
+            on_result=on_result,
+        )
 
     # ---- handlers (idempotent) ------------------------------------------------------------------------
     def add_predictions(self, records: Iterable[PredictionRecord]) -> list[WindowResult]:
@@ -649,7 +661,7 @@ def bench_ingest(
         "fast_us": round(decode_us(records[:20_000], FastPredictionRecord), 2),
         "pydantic_us": round(decode_us(records[:20_000], PredictionRecord), 2),
     }
-    state = MonitorState.from_settings(s, references=refs, update_interval_s=1.0)
+    state = MonitorState.from_settings(s, references=refs, version_references={}, update_interval_s=1.0)
     if gc_freeze:
         gc.freeze()
     stop, done = threading.Event(), threading.Event()

@@ -38,7 +38,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from systems.common.http import create_app as create_base_app
 from systems.monitoring.alerts import EXPORTED_METRICS, AlertLoop, AlertPolicy, drift_score, feature_quality
@@ -46,6 +46,16 @@ from systems.monitoring.results import Metric, WindowResult
 from systems.monitoring.settings import MonitoringSettings
 
 log = logging.getLogger(__name__)
+
+
+class RebaselineBody(BaseModel):
+    """``POST /api/references/rebaseline``: which version, and how many of its next windows."""
+
+    system: str = Field(min_length=1, max_length=64)
+    model_name: str = Field(min_length=1, max_length=128)
+    model_version: str = Field(min_length=1, max_length=64)
+    windows: int = Field(default=1, ge=1, le=100)
+
 
 SeriesKey = tuple[str, str, str]  # (system, model_name, model_version)
 
@@ -390,6 +400,16 @@ def create_app(
             raise HTTPException(status_code=503, detail="this service has no live ingest (mlsd monitoring up)")
         return {"references": reload()}
 
+    @app.post("/api/references/rebaseline")
+    async def rebaseline(body: RebaselineBody, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        """Make a model version's next windows its own reference (an accepted change upstream)."""
+        require_token(authorization)
+        start: Callable[..., bool] | None = getattr(app.state, "rebaseline", None)
+        if start is None:
+            raise HTTPException(status_code=503, detail="this service has no live ingest (mlsd monitoring up)")
+        started = start(body.system, body.model_name, body.model_version, windows=body.windows)
+        return {"started": started, "version": f"{body.system}/{body.model_name}/{body.model_version}"}
+
     @app.get("/api/summary")
     async def summary(view: ViewDep) -> dict[str, Any]:
         """Everything the dashboard draws (ML metrics per series, ops metrics, incidents)."""
@@ -422,7 +442,10 @@ class LiveMonitor:
     - a timer: idle polls (windows re-emitted as labels mature even when no record arrives) and the
       :class:`~systems.monitoring.alerts.RetrainWatcher` (which version each retrain request produced);
     - references from ``settings.references``, with the metrics they carry as per-model alert targets;
-      ``POST /api/references/reload`` installs new ones without a restart.
+      ``POST /api/references/reload`` installs new ones without a restart;
+    - re-baselining: a version a retrain request produced (found by the watcher) takes its first
+      ``rebaseline_windows`` windows as its reference, persisted beside the others so a restart keeps it;
+      ``POST /api/references/rebaseline`` does the same for any version.
 
     ``/readyz`` says ready once both members have their partitions. A bug in a handler stops the ingest and
     is kept in :attr:`errors` (and makes ``/readyz`` fail), never silently.
@@ -454,6 +477,7 @@ class LiveMonitor:
         self.state = MonitorState.from_settings(settings, references=refs)
         self.view = MonitorView(self.loop, min_samples=settings.min_samples, ingest_stats=self.ingest_stats)
         self.state.on_result = self.view.on_window
+        self.state.windows.on_reference = self._save_version_reference
         self.watcher = RetrainWatcher(self.loop, lookup or registry_lookup(settings))
         self.ready = threading.Event()
         self.stop_event = threading.Event()
@@ -468,16 +492,37 @@ class LiveMonitor:
 
     def reload_references(self) -> list[str]:
         """Install every reference in the folder (new series use it) and its targets; returns their names."""
-        from systems.monitoring.windows import load_references
+        from systems.monitoring.windows import load_references, load_version_references
 
         refs = load_references(self.settings.references)
+        versions = load_version_references(self.settings.references)
         with self.state.lock:
             for (system, model_name), ref in refs.items():
                 self.state.windows.set_reference(system, model_name, ref)
+            for key, ref in versions.items():
+                self.state.windows.version_references.setdefault(key, ref)
         policy = self._policy(refs)
         with self.loop.lock:
             self.loop.policy = policy
         return [f"{system}/{model}" for system, model in sorted(refs)]
+
+    def rebaseline(self, system: str, model_name: str, model_version: str, *, windows: int | None = None) -> bool:
+        """Start re-baselining one version (``Windows.rebaseline``); False when it has or awaits one."""
+        with self.state.lock:
+            started = self.state.windows.rebaseline(
+                system, model_name, model_version, windows=windows or self.settings.rebaseline_windows
+            )
+        if started:
+            log.info("re-baselining %s/%s version %s", system, model_name, model_version)
+        return started
+
+    def _save_version_reference(self, key: tuple[str, str, str], reference: Any) -> None:
+        from systems.monitoring.windows import version_reference_path
+
+        try:
+            reference.save(version_reference_path(self.settings.references, *key))
+        except OSError:  # the reference still serves this run; a restart re-judges against the model's
+            log.exception("could not persist the re-baselined reference of %s", "/".join(key))
 
     def ingest_stats(self) -> dict[str, Any]:
         from systems.common.broker import dead_letter_topic
@@ -519,7 +564,9 @@ class LiveMonitor:
                 self.state.poll()
                 if time.monotonic() - last_registry >= self.registry_poll_s:
                     last_registry = time.monotonic()
-                    self.watcher.check()
+                    for inc in self.watcher.check():
+                        if inc.retrained_version is not None:
+                            self.rebaseline(inc.system, inc.model_name, inc.retrained_version)
             except Exception:  # a failed poll must not end the timer: the next tick retries
                 log.exception("monitoring timer tick failed")
 
@@ -528,6 +575,7 @@ class LiveMonitor:
         if app is not None:
             app.state.ingest_ready = self.is_ready
             app.state.reload_references = self.reload_references
+            app.state.rebaseline = self.rebaseline
         for name, target in (("monitoring-ingest", self._ingest), ("monitoring-timer", self._timer)):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()

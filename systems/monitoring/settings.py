@@ -41,6 +41,8 @@ class MonitoringSettings(MlsdSettings):
     """Where the dashboard reads ops metrics (latency, errors, throughput); None = not shown."""
     prometheus_port: int = 9090
     alertmanager_port: int = 9093
+    rebaseline_windows: int = 1
+    """A version a retrain request produced takes this many of its first windows as its own reference."""
     reference_dir: Path | None = None
     """Reference summaries (training data or a chosen healthy period); None -> <data_dir>/monitoring/reference."""
 

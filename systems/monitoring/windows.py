@@ -29,6 +29,16 @@ What a closed window says (:class:`~systems.monitoring.results.WindowResult`):
   labels or late records arrive (at most every ``update_interval_s`` of wall time: a bootstrap is not free),
   then once more with ``final=True``.
 
+Re-baselining. A retrained version is trained on the recent data and scores on its own scale, so judging it
+against its predecessor's reference keeps reporting the very shift it was trained on. :meth:`Windows.rebaseline`
+makes a version's first ``windows`` windows (from its next pane) its own reference: their rows are sampled
+(a reservoir of ``max_rows``) while they are summarised as before; when the watermark passes the last of
+them a reference is fitted on the sample with the predecessor's columns and its performance targets (a
+retrain must not lower the bar), and panes from the next one on are summarised against it. A window whose
+panes straddle the switch reports no drift (it is not judged, so it counts neither way for an incident).
+The service re-baselines every version a retrain request produced and persists the result as
+``<references>/<system>/<model_name>/<version>.json``.
+
 Slices are generic: ``slices`` maps a system to the name of a function of the record's features
 (:data:`SLICE_FUNCTIONS`), whose value names the segment (fraud's spending band, recsys's age group,
 textclf's department); each segment gets the same realised metrics, under the same minimum-sample guard.
@@ -38,6 +48,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import random
 import time
 from array import array
 from collections import deque
@@ -181,6 +192,32 @@ class Reference:
 
 def reference_path(root: Path, system: str, model_name: str) -> Path:
     return root / system / f"{model_name}.json"
+
+
+def version_reference_path(root: Path, system: str, model_name: str, model_version: str) -> Path:
+    return root / system / model_name / f"{model_version}.json"
+
+
+def load_version_references(root: Path) -> dict[tuple[str, str, str], Reference]:
+    """Every ``<root>/<system>/<model_name>/<version>.json``: references of one version (re-baselined)."""
+    if not root.is_dir():
+        return {}
+    return {(p.parent.parent.name, p.parent.name, p.stem): Reference.load(p) for p in sorted(root.glob("*/*/*.json"))}
+
+
+def refit_like(prior: Reference | None, frame: pd.DataFrame) -> Reference:
+    """A reference on ``frame`` with ``prior``'s columns, kinds and performance targets (all of the frame's
+    columns by dtype without one)."""
+    if prior is None:
+        return Reference.fit(frame)
+    by_kind: dict[str, list[str]] = {"numerical": [], "categorical": [], "embedding": []}
+    for spec in prior.schema.columns:
+        if spec.name in frame.columns:
+            kind = "numerical" if isinstance(spec, NumericalSpec) else type(spec).__name__.removesuffix("Spec").lower()
+            by_kind[kind].append(spec.name)
+    predictions = [c.name for c in prior.schema.columns if c.role == "prediction"]
+    fitted = Reference.fit(frame, **by_kind, predictions=predictions)
+    return fitted.with_metrics(prior.metrics, prior.slice_metrics)
 
 
 def load_references(root: Path) -> dict[tuple[str, str], Reference]:
@@ -347,14 +384,30 @@ class Series:
         self.slice_fn: SliceFn | None = None
         self.slice_names: list[str] = []
         self.slice_codes: dict[str, int] = {}
+        self.prior_reference: Reference | None = None
+        """After a re-baseline: the reference of panes before ``reference_from_ms``."""
+        self.reference_from_ms: int | None = None
+        self.baseline: _Baseline | None = None
         if reference is not None:
-            for spec in reference.schema.columns:
-                numeric = isinstance(spec, NumericalSpec)
-                if spec.name.startswith(PREDICTION_PREFIX):
-                    out_key = spec.name[len(PREDICTION_PREFIX) :]
-                    (self.out_numeric if numeric else self.out_other).append(out_key)
-                else:
-                    self._add_column(spec.name, numeric)
+            self.columns_from(reference)
+
+    def columns_from(self, reference: Reference) -> None:
+        """Read the reference's feature and output columns (added to those known already)."""
+        for spec in reference.schema.columns:
+            numeric = isinstance(spec, NumericalSpec)
+            if spec.name.startswith(PREDICTION_PREFIX):
+                out_key = spec.name[len(PREDICTION_PREFIX) :]
+                cols = self.out_numeric if numeric else self.out_other
+                if out_key not in self.out_numeric and out_key not in self.out_other:
+                    cols.append(out_key)
+            else:
+                self._add_column(spec.name, numeric)
+
+    def reference_at(self, pane_start: int) -> Reference | None:
+        """The reference a pane starting at ``pane_start`` is summarised against."""
+        if self.reference_from_ms is None or pane_start >= self.reference_from_ms:
+            return self.reference
+        return self.prior_reference
 
     def _add_column(self, name: str, numeric: bool) -> None:
         if name not in self._columns_set:
@@ -384,6 +437,33 @@ class Series:
 
 
 @dataclass
+class _Baseline:
+    """A version's first windows being sampled to become its reference (:meth:`Windows.rebaseline`)."""
+
+    windows: int
+    max_rows: int
+    rng: random.Random
+    from_ms: int | None = None
+    """First pane collected (None: the series' first summarised pane)."""
+    until_ms: int = 0
+    feats: list[Mapping[str, Any]] = field(default_factory=list)
+    outs: list[Mapping[str, Any]] = field(default_factory=list)
+    seen: int = 0
+
+    def offer(self, feats: Sequence[Mapping[str, Any]], outs: Sequence[Mapping[str, Any]]) -> None:
+        """Reservoir sampling (algorithm R): every row seen so far is kept with the same probability."""
+        for f, o in zip(feats, outs, strict=True):
+            self.seen += 1
+            if len(self.feats) < self.max_rows:
+                self.feats.append(f)
+                self.outs.append(o)
+            else:
+                j = self.rng.randrange(self.seen)
+                if j < self.max_rows:
+                    self.feats[j], self.outs[j] = f, o
+
+
+@dataclass
 class _Clock:
     max_event: int = -(2**62)
     frontier: int = -(2**62)
@@ -401,6 +481,8 @@ class WindowStats:
     """Late records for windows already final (nothing left to count them in)."""
     outcomes_dropped: int = 0
     """Labels joined for windows already final."""
+    rebaselined: int = 0
+    """References fitted on a version's own first windows."""
 
 
 Extracted = tuple[float, int, bytes | None]
@@ -418,11 +500,19 @@ class Windows:
     """
 
     def __init__(
-        self, config: WindowConfig | None = None, references: Mapping[tuple[str, str], Reference] | None = None
+        self,
+        config: WindowConfig | None = None,
+        references: Mapping[tuple[str, str], Reference] | None = None,
+        version_references: Mapping[tuple[str, str, str], Reference] | None = None,
     ):
         self.config = config or WindowConfig()
         self.references: dict[tuple[str, str], Reference] = dict(references or {})
-        if self.references:
+        self.version_references: dict[tuple[str, str, str], Reference] = dict(version_references or {})
+        """References of one version (re-baselined); a version without one uses its model's."""
+        self.on_reference: Callable[[tuple[str, str, str], Reference], None] | None = None
+        """Called with each reference a re-baseline fitted (the service persists it)."""
+        self._rebaseline: dict[tuple[str, str, str], tuple[int, int]] = {}
+        if self.references or self.version_references:
             warm_up()
         self.stats = WindowStats()
         self._series: dict[tuple[str, str, str], Series] = {}
@@ -440,13 +530,78 @@ class Windows:
         warm_up()
         self.references[(system, model_name)] = reference
 
+    def rebaseline(
+        self, system: str, model_name: str, model_version: str, *, windows: int = 1, max_rows: int = 20_000
+    ) -> bool:
+        """Make this version's next ``windows`` windows its reference (module docstring, "Re-baselining").
+
+        Applies to the series now, or when its first record arrives. False (nothing done) when the version
+        already has its own reference or is being re-baselined: asking twice is harmless.
+        """
+        if windows < 1 or max_rows < 1:
+            raise ValueError("windows and max_rows must be >= 1")
+        key = (system, model_name, model_version)
+        s = self._series.get(key)
+        if key in self.version_references or key in self._rebaseline or (s is not None and s.baseline is not None):
+            return False
+        if s is None:
+            self._rebaseline[key] = (windows, max_rows)
+        else:
+            self._start_baseline(s, windows, max_rows)
+        return True
+
+    def _start_baseline(self, s: Series, windows: int, max_rows: int) -> None:
+        warm_up()
+        b = _Baseline(windows, max_rows, random.Random(f"{s.system}/{s.model_name}/{s.model_version}"))
+        if s.panes or s.closed:  # the series has records: start at the pane after the newest event
+            pane = self._pane_ms
+            b.from_ms = (s.clock.max_event // pane + 1) * pane
+            b.until_ms = b.from_ms + windows * self._window_ms
+        s.baseline = b
+
+    def _maybe_fit_baseline(self, s: Series, wm: int) -> None:
+        b = s.baseline
+        assert b is not None
+        if b.from_ms is None and s.panes:  # a new series: from its first pane
+            b.from_ms = min(s.panes)
+            b.until_ms = b.from_ms + b.windows * self._window_ms
+        if b.from_ms is not None and b.until_ms <= wm:
+            self._fit_baseline(s)
+
+    def _fit_baseline(self, s: Series) -> None:
+        b = s.baseline
+        assert b is not None and b.from_ms is not None
+        for st, p in s.panes.items():  # rows of the collected panes not summarised yet
+            if b.from_ms <= st < b.until_ms and p.feats:
+                self._summarise(s, p)
+        if not b.feats:  # no traffic in those windows: collect the next ones
+            b.until_ms += b.windows * self._window_ms
+            return
+        frame = pd.DataFrame.from_records(
+            [{**f, **{PREDICTION_PREFIX + k: v for k, v in o.items()}} for f, o in zip(b.feats, b.outs, strict=True)]
+        )
+        reference = refit_like(s.reference, frame)
+        s.prior_reference, s.reference = s.reference, reference
+        # The switch is at the first pane after the collected ones that nothing was summarised in yet: a pane
+        # summarised (a full chunk) against the prior reference stays on it, rows still buffered go on the new.
+        summarised = [st for st, p in s.panes.items() if st >= b.until_ms and p.chunks]
+        s.reference_from_ms = max(summarised) + self._pane_ms if summarised else b.until_ms
+        s.baseline = None
+        s.columns_from(reference)
+        key = (s.system, s.model_name, s.model_version)
+        self.version_references[key] = reference
+        self.stats.rebaselined += 1
+        if self.on_reference is not None:
+            self.on_reference(key, reference)
+
     # ---- series -------------------------------------------------------------------------------------------
     def series(self, system: str, model_name: str, model_version: str, output: Mapping[str, Any]) -> Series:
         """The series of this record (created on first sight: the output kind is inferred from it)."""
         key = (system, model_name, model_version)
         s = self._series.get(key)
         if s is None:
-            s = Series(len(self._by_index), key, infer_kind(output, self.config.output), self.references.get(key[:2]))
+            reference = self.version_references.get(key) or self.references.get(key[:2])
+            s = Series(len(self._by_index), key, infer_kind(output, self.config.output), reference)
             name = self.config.slices.get(system)
             if name is not None:
                 s.slice_fn_name, s.slice_fn = name, SLICE_FUNCTIONS[name]
@@ -454,6 +609,8 @@ class Windows:
             self._by_index.append(s)
             s.clock = self._clock(system)
             s.clock.series.append(s)
+            if (pending := self._rebaseline.pop(key, None)) is not None:
+                self._start_baseline(s, *pending)
         return s
 
     def _clock(self, system: str) -> _Clock:
@@ -577,6 +734,14 @@ class Windows:
             return
         p.feats, p.outs = [], []
         n = len(feats)
+        b = s.baseline
+        if b is not None:
+            if b.from_ms is None:
+                b.from_ms = p.start
+                b.until_ms = p.start + b.windows * self._window_ms
+            if b.from_ms <= p.start < b.until_ms:
+                b.offer(feats, outs)
+        reference = s.reference_at(p.start)
         if s.reference is None:
             s.discover(feats)
         values = _float_columns(feats, s.numeric) | _list_columns(feats, s.other)
@@ -584,10 +749,10 @@ class Windows:
             nulls = int(np.count_nonzero(np.isnan(v))) if isinstance(v, np.ndarray) else _nulls(v)
             p.nulls[col] = p.nulls.get(col, 0) + nulls
             p.observed[col] = p.observed.get(col, 0) + n
-        if s.reference is not None:
+        if reference is not None:
             out_values = _float_columns(outs, s.out_numeric) | _list_columns(outs, s.out_other)
             values |= {PREDICTION_PREFIX + k: v for k, v in out_values.items()}
-            summary = s.reference.schema.summarize(values, seed=p.start + p.chunks)
+            summary = reference.schema.summarize(values, seed=p.start + p.chunks)
             p.summary = summary if p.summary is None else p.summary.merge(summary)
         p.chunks += 1
 
@@ -629,6 +794,8 @@ class Windows:
             wm = clock.max_event - self._lateness_ms
             if wm > clock.frontier:
                 for s in clock.series:
+                    if s.baseline is not None:
+                        self._maybe_fit_baseline(s, wm)  # before closing: later windows are judged against it
                     while s.heap and s.heap[0] + self._window_ms <= wm:
                         out.append(self._close(s, heapq.heappop(s.heap), now))
                 clock.frontier = wm
@@ -667,9 +834,10 @@ class Windows:
         key = WindowKey(s.system, s.model_name, s.model_version, start, start + self._window_ms)
         current: SummarySet | None = None
         drift: dict[str, Any] = {}
-        if s.reference is not None and count > 0:
+        reference = self._window_reference(s, start)
+        if reference is not None and count > 0:
             current = merge_all(p.summary for p in panes if p.summary is not None)
-            drift = detect_drift(s.reference.summary, current, self.config.drift).to_dict()
+            drift = detect_drift(reference.summary, current, self.config.drift).to_dict()
             drift |= {"rows": count, "min_samples_met": count >= self.config.metrics.min_samples}
         latencies = np.concatenate([np.frombuffer(p.latency, np.float64) for p in panes]) if panes else np.zeros(0)
         result = WindowResult(
@@ -691,6 +859,11 @@ class Windows:
             p0.free_pre_close()
         self.stats.windows_closed += 1
         return result
+
+    def _window_reference(self, s: Series, start: int) -> Reference | None:
+        """The reference a window is judged against: None when its panes straddle a re-baseline."""
+        first, last = s.reference_at(start), s.reference_at(start + self._window_ms - self._pane_ms)
+        return first if first is last else None
 
     def _data_quality(
         self, s: Series, panes: Sequence[_Pane], current: SummarySet | None, count: int

@@ -128,6 +128,17 @@ def test_monitoring_up_detects_a_shift_asks_for_one_retrain_and_sees_the_retrain
                 requests += [RetrainRequest.model_validate_json(r.value) for r in batch]
                 quiet_until = time.monotonic() + 3
         assert [r.incident_id for r in requests] == [inc["incident_id"]]
+
+        # re-baselining a version is an admin action too; asking twice starts nothing new
+        body = {"system": SYSTEM, "model_name": MODEL, "model_version": deployed}
+        assert httpx.post(url + "/api/references/rebaseline", json=body, timeout=10).status_code == 401
+        admin = {"Authorization": f"Bearer {TOKEN}"}
+        bad = httpx.post(url + "/api/references/rebaseline", json={**body, "windows": 0}, headers=admin, timeout=10)
+        assert bad.status_code == 422 and "windows" in bad.text
+        first = httpx.post(url + "/api/references/rebaseline", json=body, headers=admin, timeout=10)
+        assert first.status_code == 200 and first.json()["started"] is True
+        again = httpx.post(url + "/api/references/rebaseline", json=body, headers=admin, timeout=10)
+        assert again.json()["started"] is False
         assert (requests[0].system, requests[0].model_name) == (SYSTEM, MODEL)
         print(f"injected {result['predictions']:,} records; incident after {time.time() - started:.1f} s wall")
 

@@ -1,5 +1,6 @@
 """The whole loop with real parts (``mlsd monitoring demo``): drift injected into fraud → incident → one retrain
-request → fraud retrains on labels from after the change → new champion → the incident resolves as recovered."""
+request → fraud retrains on labels from after the change → new champion → the drift and performance incidents
+resolve as recovered on it."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ def test_drift_in_fraud_is_detected_retrained_and_recovers() -> None:
     assert result.recovered is True and perf["status"] == "resolved" and perf["recovered"] is True
     new = perf["retrained_version"]
     assert new not in (None, "1") and perf["recovery_evidence"]["model_version"] == new
+    # the drift incident too: the retrained version, re-baselined on its own first window, drifts no more
+    drift = by_cause["drift"]
+    assert drift["retrained_version"] == new and drift["recovered"] is True and drift["status"] == "resolved"
     windows = {(w["day"], w["version"]): w for w in result.windows}
     # one retrain request for the model: every incident that asked points at the same request
     requested = {i["retrain_request_id"] for i in result.incidents if i["retrain_request_id"]}

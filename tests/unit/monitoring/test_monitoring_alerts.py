@@ -278,14 +278,22 @@ def test_a_storm_is_one_incident_and_one_retrain_request_then_cooldown_and_resol
     assert len(loop.incidents()) == 1 and inc.status == "open" and inc.reopened == 1
     assert len(producer.requests()) == 1
 
-    # resolve again, then fire after the cool-down: a new incident, and its own request
+    # resolve again, then fire after the cool-down: a new incident; while the first request is unanswered it
+    # joins that one, and once the retrained version is known it asks for its own
     for i in (56, 57, 58):
         loop.on_window(drift_window(i, drifted=False), now_ms=T0 + i * MIN)
     assert inc.status == "resolved"
     loop.on_window(drift_window(70), now_ms=T0 + 70 * MIN)
     first, second = loop.incidents()
     assert first is inc and second.status == "open" and second.incident_id != inc.incident_id
-    assert [r.incident_id for r in producer.requests()] == [inc.incident_id, second.incident_id]
+    assert second.retrain_request_id == inc.retrain_request_id and len(producer.requests()) == 1
+    loop.book.record_retrain(inc.incident_id, model_version="2", ts_ms=T0 + 71 * MIN)
+    for i in (72, 73, 74):
+        loop.on_window(drift_window(i, drifted=False), now_ms=T0 + i * MIN)
+    loop.on_window(drift_window(90), now_ms=T0 + 90 * MIN)
+    third = loop.incidents()[-1]
+    assert third.incident_id not in (inc.incident_id, second.incident_id)
+    assert [r.incident_id for r in producer.requests()] == [inc.incident_id, third.incident_id]
 
 
 def test_revisions_of_a_window_are_one_window_for_signals_and_for_resolution() -> None:
@@ -305,8 +313,34 @@ def test_revisions_of_a_window_are_one_window_for_signals_and_for_resolution() -
     for i in (2, 3):
         loop.on_window(drift_window(i, drifted=False), now_ms=T0 + i * MIN)
     assert inc.status == "resolved"
-    loop.on_window(dataclasses.replace(drifted, revision=5), now_ms=T0 + 4 * MIN)  # an old window's late revision
-    assert (inc.status, inc.signals, inc.reopened) == ("open", 2, 1)  # reopened: new evidence, counted once
+    # An old window's late revision is the evidence the incident already counted: it neither reopens it ...
+    loop.on_window(dataclasses.replace(drifted, revision=5), now_ms=T0 + 4 * MIN)
+    assert (inc.status, inc.signals, inc.reopened) == ("resolved", 1, 0)
+    # ... nor, while it is open, resets its clean streak; a window it never saw does reopen it.
+    loop.on_window(drift_window(5), now_ms=T0 + 5 * MIN)
+    assert (inc.status, inc.signals, inc.reopened) == ("open", 2, 1)
+    loop.on_window(drift_window(6, drifted=False), now_ms=T0 + 6 * MIN)
+    loop.on_window(dataclasses.replace(drift_window(5), revision=1), now_ms=T0 + 6 * MIN + 1000)
+    assert (inc.clean_windows, inc.signals) == (1, 2)
+
+
+def test_clean_revisions_of_windows_from_before_the_change_do_not_resolve_it() -> None:
+    """Windows from before the drift are re-emitted as their labels mature, after the incident opened: they
+    are clean, but they say nothing about now."""
+    import dataclasses
+
+    loop = make_loop(None, FakeProducer())
+    before = [drift_window(i, drifted=False) for i in range(3)]
+    for i, w in enumerate(before):
+        loop.on_window(w, now_ms=T0 + i * MIN)
+    loop.on_window(drift_window(3), now_ms=T0 + 3 * MIN)
+    (inc,) = loop.incidents()
+    for i, w in enumerate(before):  # their revisions: clean, but older than the newest drifted window
+        loop.on_window(dataclasses.replace(w, revision=1), now_ms=T0 + (4 + i) * MIN)
+    assert (inc.status, inc.clean_windows) == ("open", 0)
+    for i in (4, 5, 6):
+        loop.on_window(drift_window(i, drifted=False), now_ms=T0 + (7 + i) * MIN)
+    assert inc.status == "resolved"
 
 
 def test_the_persisted_book_survives_a_restart_without_republishing(tmp_path: Path) -> None:
@@ -393,6 +427,36 @@ def test_a_second_cause_of_one_model_joins_the_outstanding_retrain_and_both_see_
     assert {i.incident_id for i in watcher.check(T0 + 8 * MIN)} == {drift.incident_id, perf.incident_id}
     assert drift.retrained_version == perf.retrained_version == "2"
     assert len(producer.requests()) == 1
+
+
+def test_a_request_stays_outstanding_after_its_incident_resolved_until_it_is_answered_or_stale() -> None:
+    """A dataset-drift verdict near its threshold flaps: the drift incident may resolve before the retrain it
+    asked for lands. The performance drop that follows is the same change and must not ask again; a request
+    nobody answered within ``outstanding_s`` blocks nothing."""
+    producer = FakeProducer()
+    loop = make_loop(None, producer, targets={"average_precision": AP})
+    loop.on_window(drift_window(0, "1"), now_ms=T0)
+    for i in (1, 2, 3):
+        loop.on_window(drift_window(i, "1", drifted=False), now_ms=T0 + i * MIN)
+    (drift,) = loop.incidents()
+    assert drift.status == "resolved" and drift.retrained_version is None
+
+    def dropped(i: int) -> WindowResult:
+        metric = Metric("average_precision", 0.5, 0.45, 0.55, 1500)
+        return WindowResult(key=key("1", i), count=2000, realised=[metric])
+
+    loop.on_window(dropped(7), now_ms=T0 + 7 * MIN)
+    perf = next(i for i in loop.incidents() if i.cause == PERFORMANCE_DROP)
+    assert perf.retrain_request_id == drift.retrain_request_id and len(producer.requests()) == 1
+
+    stale = make_loop(None, FakeProducer(), targets={"average_precision": AP})
+    stale.publisher.outstanding_ms = 5 * MIN  # type: ignore[union-attr]
+    stale.on_window(drift_window(0, "1"), now_ms=T0)
+    for i in (1, 2, 3):
+        stale.on_window(drift_window(i, "1", drifted=False), now_ms=T0 + i * MIN)
+    stale.on_window(dropped(7), now_ms=T0 + 7 * MIN)
+    first, second = (i.retrain_request_id for i in stale.incidents())
+    assert first != second and len(stale.publisher.producer.requests()) == 2  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------------------------ alertmanager

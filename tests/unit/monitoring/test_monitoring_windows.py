@@ -14,7 +14,15 @@ from systems.common.predictions import LabelRecord, PredictionRecord
 from systems.monitoring.ingest import MonitorState
 from systems.monitoring.performance import MetricConfig, metric_map
 from systems.monitoring.results import WindowResult
-from systems.monitoring.windows import Reference, WindowConfig, amount_band, load_references, reference_path
+from systems.monitoring.windows import (
+    Reference,
+    WindowConfig,
+    amount_band,
+    load_references,
+    load_version_references,
+    reference_path,
+    version_reference_path,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -244,3 +252,81 @@ def test_window_config_refuses_what_it_cannot_do() -> None:
         WindowConfig(window_s=10.0, slide_s=3.0)
     with pytest.raises(ValueError, match="slice"):
         WindowConfig(slices={"fraud": "no_such_function"})
+
+
+def _windows_drift(results: Sequence[WindowResult]) -> list[tuple[int, bool | None]]:
+    """(start s, dataset drift or None when not judged) of each first emission, by start."""
+    firsts = sorted((r for r in results if r.revision == 0), key=lambda r: r.key.start_ms)
+    return [((r.key.start_ms - T0) // S, r.drift.get("dataset_drift") if r.drift else None) for r in firsts]
+
+
+def _versioned(records: Sequence[PredictionRecord], version: str) -> list[PredictionRecord]:
+    return [
+        r.model_copy(update={"model_version": version, "prediction_id": f"{version}-{r.prediction_id}"})
+        for r in records
+    ]
+
+
+def test_a_rebaselined_version_is_judged_against_its_own_first_window(tmp_path: Path) -> None:
+    ref = Reference.from_records(_normal_records(5000, seed=0)).with_metrics({"ap": 0.7}, {"amount_band=<10:ap": 0.5})
+    st = state(references={("fraud", "m"): ref})
+    saved: list[tuple[tuple[str, str, str], Reference]] = []
+    st.windows.on_reference = lambda key, r: saved.append((key, r))
+    assert st.windows.rebaseline("fraud", "m", "2") is True
+    assert st.windows.rebaseline("fraud", "m", "2") is False  # asking twice starts nothing new
+    shifted = _normal_records(10_000, seed=1, shift=1.0)  # 50 s of events: five windows, all shifted
+    interleaved = [r for pair in zip(_versioned(shifted, "2"), _versioned(shifted, "3"), strict=True) for r in pair]
+    out = st.add_predictions(interleaved) + st.flush()
+    by_version = {v: _windows_drift([r for r in out if r.key.model_version == v]) for v in ("2", "3")}
+    # Version 3 keeps the model's reference: every window drifts. Version 2's first window becomes its
+    # reference once the watermark has passed it, and the windows after it are judged against that.
+    assert by_version["3"] == [(0, True), (10, True), (20, True), (30, True), (40, True)]
+    assert by_version["2"] == [(0, True), (10, False), (20, False), (30, False), (40, False)]
+    ((key, fitted),) = saved
+    assert key == ("fraud", "m", "2") and st.windows.stats.rebaselined == 1
+    kinds = {c.name: (type(c), c.role) for c in ref.schema.columns}
+    assert {c.name: (type(c), c.role) for c in fitted.schema.columns} == kinds  # the predecessor's columns
+    assert dict(fitted.metrics) == {"ap": 0.7} and dict(fitted.slice_metrics) == {"amount_band=<10:ap": 0.5}
+    # The fitted layout follows the new data: a tripled amount's bins now span the tripled range.
+    assert fitted.schema["amount"].edges[-1] > 1.5 * ref.schema["amount"].edges[-1]  # type: ignore[union-attr]
+
+    # Persisted and loaded, it is that version's reference from its first record on (a restart keeps it).
+    fitted.save(version_reference_path(tmp_path, *key))
+    ref.save(reference_path(tmp_path, "fraud", "m"))
+    assert list(load_version_references(tmp_path)) == [key] and list(load_references(tmp_path)) == [("fraud", "m")]
+    again = MonitorState(
+        windows=st.windows.config,
+        references=load_references(tmp_path),
+        version_references=load_version_references(tmp_path),
+    )
+    out = again.add_predictions(_versioned(_normal_records(4000, seed=2, shift=1.0), "2")) + again.flush()
+    assert _windows_drift(out) == [(0, False), (10, False)]
+
+
+def test_a_window_straddling_a_rebaseline_is_not_judged() -> None:
+    ref = Reference.from_records(_normal_records(5000, seed=0))
+    records = _versioned(_normal_records(10_000, seed=1, shift=1.0), "2")
+    verdicts = {}
+    for chunk_rows in (4096, 300):
+        st = state(references={("fraud", "m"): ref}, slide_s=5.0, chunk_rows=chunk_rows)  # 10 s every 5 s
+        st.windows.rebaseline("fraud", "m", "2")
+        out = [r for i in range(0, len(records), 500) for r in st.add_predictions(records[i : i + 500])]
+        verdicts[chunk_rows] = dict(_windows_drift(out + st.flush()))
+    # The reference is the window 0..10 s. With rows still buffered when it was fitted, panes from 10 s on are
+    # summarised against it; with 300-row chunks the 10 s pane was partly summarised against the old one
+    # already, so the switch waits a pane. A window holding panes of both sides reports no drift, not a mix.
+    after = dict.fromkeys(range(20, 50, 5), False)
+    assert verdicts[4096] == {-5: True, 0: True, 5: None, 10: False, 15: False} | after
+    assert verdicts[300] == {-5: True, 0: True, 5: True, 10: None, 15: False} | after
+
+
+def test_rebaseline_refuses_nonsense_and_a_version_with_its_own_reference() -> None:
+    ref = Reference.from_records(_normal_records(2000, seed=0))
+    st = MonitorState(
+        windows=WindowConfig(window_s=10.0),
+        references={("fraud", "m"): ref},
+        version_references={("fraud", "m", "9"): ref},
+    )
+    with pytest.raises(ValueError, match=">= 1"):
+        st.windows.rebaseline("fraud", "m", "2", windows=0)
+    assert st.windows.rebaseline("fraud", "m", "9") is False
