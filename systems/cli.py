@@ -6,7 +6,7 @@
     mlsd bench selftest            # the HTTP ceiling: systems/common/bench/common.json (+ .png)
     mlsd bench report [--check]    # README numbers regenerated from (or checked against) the bench JSON
     mlsd demo                      # every built system's demo in turn, then a summary table
-    mlsd <system> ...              # recsys, fraud, dist, blocks: each system's own cli.py, mounted here
+    mlsd <system> ...              # recsys, fraud, textclf, dist, monitoring, blocks: each system's own cli.py
 
 This module sits above the systems: it mounts each system's ``cli.py`` as a sub-app, so ``systems/common``
 never imports a system. Heavy libraries are imported inside commands, so ``mlsd --help`` stays fast.
