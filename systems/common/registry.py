@@ -54,7 +54,7 @@ def configure(settings: MlsdSettings) -> str:
     return uri
 
 
-def _experiment(name: str, settings: MlsdSettings) -> str:
+def experiment_id(name: str, settings: MlsdSettings) -> str:
     """Experiment id, created with artifacts under the data dir (not ./mlruns of the working directory)."""
     import mlflow
 
@@ -93,8 +93,8 @@ def log_and_register(
     configure(settings)
     flavor_module = importlib.import_module(f"mlflow.{flavor}")
     requirements = pip_requirements if pip_requirements is not None else _FLAVOR_PACKAGES.get(flavor, [])
-    experiment_id = _experiment(experiment or name, settings)
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+    experiment = experiment_id(experiment or name, settings)
+    with mlflow.start_run(experiment_id=experiment, tags=tags) as run:
         if params:
             mlflow.log_params(params)
         if metrics:

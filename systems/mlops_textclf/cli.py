@@ -1,4 +1,4 @@
-"""``mlsd textclf``: batches | ingest | validate | versions | resubmit | bench | demo.
+"""``mlsd textclf``: batches | ingest | validate | versions | resubmit | train | evaluate | bench | demo.
 
     mlsd textclf batches              # the corpus -> golden set + ordered batches + a broken batch in the inbox
     mlsd textclf ingest               # every inbox file through the gate: a new dataset version, or quarantine
@@ -6,6 +6,9 @@
     mlsd textclf validate FILE        # the gate's report on one file, changing nothing (exit 1 if it fails)
     mlsd textclf versions             # every dataset version: parent, batches, rows, class balance
     mlsd textclf resubmit NAME        # a fixed file from quarantine back into the inbox
+    mlsd textclf train                # TF-IDF + logistic regression on HEAD -> an MLflow run (golden + newest batch)
+    mlsd textclf train --model embedding --version ID   # MiniLM embeddings + logistic regression on version ID
+    mlsd textclf evaluate RUN [--against RUN2]          # a run's model on golden + newest batch; McNemar vs RUN2
     mlsd textclf bench                # gate + versioning cost per batch -> bench/mlops_textclf.json
     mlsd textclf demo                 # batches, ingest, versions in a fresh folder (~30 s)
 
@@ -256,8 +259,9 @@ def bench(
     out: Annotated[
         Path | None, typer.Option(help="JSON report; default: systems/mlops_textclf/bench/mlops_textclf.json")
     ] = None,
+    models: Annotated[bool, typer.Option(help="also train both candidates on every version (quality section)")] = True,
 ) -> None:
-    """Seconds per batch through the gate (read, validate, version, move) and to load + verify each version."""
+    """Seconds per batch through the gate and to load + verify each version; golden-set quality per version."""
     import tempfile
 
     from systems.common.bench import BenchReport
@@ -272,12 +276,32 @@ def bench(
             t = time.perf_counter()
             store.load(m.version_id)
             loads.append({"version": m.version_id, "rows": m.rows, "load_verify_s": round(time.perf_counter() - t, 3)})
+        quality = _bench_quality(settings, store) if models else {}
     per_batch: list[dict[str, Any]] = [
         {"file": r.name, "outcome": r.outcome, "rows": r.rows, "admit_s": round(s, 3), "rows_per_s": round(r.rows / s)}
         for r, s in zip(results, seconds, strict=True)
     ]
     result = {"corpus": settings.corpus.name, "split": split.summary(), "batches": per_batch, "versions": loads}
-    BenchReport("mlops_textclf", out=out).section("ingest", result)
+    report = BenchReport("mlops_textclf", out=out)
+    report.section("ingest", result)
+    if quality:
+        report.section("quality", quality)
+        qt = Table(title="golden-set quality per model and data version (the headline: HEAD)")
+        for col in ("model", "version", "batches", "rows", "accuracy", "macro-F1", "ROC AUC", "ECE", "train s"):
+            qt.add_column(col, justify="left" if col in ("model", "version") else "right")
+        for kind, q in quality.items():
+            for v in q["by_version"]:
+                g = v["golden"]
+                qt.add_row(
+                    kind,
+                    v["version"],
+                    str(v["batches"]),
+                    f"{v['rows']:,}",
+                    *(f"{g[k]:.4f}" for k in ("accuracy", "macro_f1", "roc_auc", "ece")),
+                    f"{v['train_s']:.1f}",
+                )
+        console.print(qt)
+    report.plot(lambda png: _plot_bench(report.data, png))
     table = Table(title="gate + versioning per batch")
     for col in ("file", "outcome", "rows", "admit s", "rows/s"):
         table.add_column(col, justify="left" if col in ("file", "outcome") else "right")
@@ -285,3 +309,185 @@ def bench(
         table.add_row(b["file"], b["outcome"], f"{b['rows']:,}", f"{b['admit_s']:.2f}", f"{b['rows_per_s']:,}")
     console.print(table)
     console.print(f"[green]✓[/] wrote {out or 'systems/mlops_textclf/bench/mlops_textclf.json'}")
+
+
+def _plot_bench(data: dict[str, Any], png: Path) -> None:
+    """Left: golden-set macro-F1 per data version, one line per candidate. Right: seconds through the gate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for kind, q in (data.get("quality") or {}).items():
+        if not isinstance(q, dict) or "by_version" not in q:
+            continue
+        rows = [v["rows"] for v in q["by_version"]]
+        left.plot(rows, [v["golden"]["macro_f1"] for v in q["by_version"]], marker="o", label=kind)
+    left.set(xlabel="training rows (data version)", ylabel="golden macro-F1", title="quality per data version")
+    left.legend()
+    batches = (data.get("ingest") or {}).get("batches", [])
+    right.barh(
+        [b["file"].removesuffix(".parquet") for b in batches],
+        [b["admit_s"] for b in batches],
+        color=["tab:red" if b["outcome"] == "quarantined" else "tab:green" for b in batches],
+    )
+    right.set(xlabel="seconds through the gate", title="validation gate (red: quarantined)")
+    right.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def _bench_quality(settings: Any, store: Any) -> dict[str, Any]:
+    """Both candidates (default presets) trained on every version in turn, scored on the golden set in one run:
+    what each new batch buys, and the headline (the HEAD version's model, the one a pipeline would deploy).
+    The embedding candidate encodes each text once (the cache under the run's data dir), so its first version
+    pays the encoding and later ones mostly reuse it."""
+    from systems.mlops_textclf.train import preset as make_preset
+    from systems.mlops_textclf.train import train as do_train
+
+    out: dict[str, Any] = {}
+    for kind in ("tfidf_linear", "embedding"):
+        by_version = []
+        for m in store.versions():
+            with console.status(f"{kind} on version {m.version_id} ({m.rows:,} rows)"):
+                r = do_train(settings, make_preset(kind, "default"), version=m.version_id, log_model=False)
+            golden = {k: r.metrics[f"golden_{k}"] for k in ("accuracy", "macro_f1", "roc_auc", "ece")}
+            by_version.append(
+                {
+                    "version": m.version_id,
+                    "batches": len(m.batches),
+                    "rows": m.rows,
+                    "golden": golden,
+                    "newest": {k: r.metrics.get(f"newest_{k}") for k in ("accuracy", "macro_f1")},
+                    "train_s": r.metrics["train_s"],
+                    "latency_single_p99_us": r.metrics.get("latency_single_p99_us"),
+                    "behaviour_passed": bool(r.metrics.get("behaviour_passed")),
+                }
+            )
+        head = by_version[-1]
+        out[kind] = {**head["golden"], "train_s": head["train_s"], "version": head["version"], "by_version": by_version}
+    return out
+
+
+def _metrics_table(title: str, rows: dict[str, dict[str, Any]]) -> Table:
+    """One row per evaluation set: n, accuracy, macro-F1, ROC AUC, ECE."""
+    t = Table(title=title)
+    for col in ("set", "scope", "rows", "accuracy", "macro-F1", "ROC AUC", "ECE (10 bins)"):
+        t.add_column(col, justify="left" if col in ("set", "scope") else "right")
+
+    def fmt(v: Any) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    for name, r in rows.items():
+        m = r["metrics"]
+        t.add_row(
+            name,
+            r.get("scope", ""),
+            f"{int(m['n']):,}" if m.get("n") is not None else "-",
+            fmt(m.get("accuracy")),
+            fmt(m.get("macro_f1")),
+            fmt(m.get("roc_auc")),
+            fmt(m.get("ece")),
+        )
+    return t
+
+
+def _print_evaluation(evaluation: Any) -> None:
+    """Slices, latency and behavioural results of a ``ModelEvaluation``."""
+    golden = evaluation.golden
+    slices = Table(title=f"golden set per slice (min {_min_slice_rows()} rows)")
+    for col in ("slice", "rows", "accuracy", "macro-F1", "ROC AUC"):
+        slices.add_column(col, justify="left" if col == "slice" else "right")
+    for name, m in golden.slices.items():
+        if m.get("too_few"):
+            slices.add_row(name, f"{m['n']:,}", "too few", "", "")
+        else:
+            auc = "-" if m["roc_auc"] is None else f"{m['roc_auc']:.4f}"
+            slices.add_row(name, f"{int(m['n']):,}", f"{m['accuracy']:.4f}", f"{m['macro_f1']:.4f}", auc)
+    console.print(slices)
+    lat = evaluation.latency
+    console.print(
+        f"latency: {lat.get('batch_us_per_row', float('nan')):,.0f} µs/row in a batch of "
+        f"{int(lat.get('batch_rows', 0))}; single row p50 {lat.get('single_p50_us', float('nan')):,.0f} µs, "
+        f"p99 {lat.get('single_p99_us', float('nan')):,.0f} µs"
+    )
+    for r in evaluation.behaviour.results:
+        mark = "[green]pass[/]" if r.passed else "[red]FAIL[/]"
+        console.print(f"behaviour {r.kind}: {mark} ({r.n - len(r.failures)}/{r.n})")
+        for f in r.failures:
+            console.print(f"  - {f}", highlight=False)
+
+
+def _min_slice_rows() -> int:
+    from systems.mlops_textclf.evaluate import MIN_SLICE_ROWS
+
+    return MIN_SLICE_ROWS
+
+
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="candidate: tfidf_linear or embedding")] = "tfidf_linear",
+    version: Annotated[str | None, typer.Option(help="dataset version id or unique prefix; default: HEAD")] = None,
+    preset: Annotated[str, typer.Option(help="config preset: default or ci (tiny and fast)")] = "default",
+) -> None:
+    """Train a candidate on a dataset version, evaluate it, and record it all in one MLflow run."""
+    from systems.mlops_textclf.ingest import DatasetStore
+    from systems.mlops_textclf.train import preset as make_preset
+    from systems.mlops_textclf.train import train as do_train
+
+    settings = _settings()
+    config = make_preset(model, preset)
+    if DatasetStore.of(settings).head() is None:
+        raise MlsdError("no dataset version yet: run mlsd textclf ingest")
+    result = do_train(settings, config, version=version)
+    e = result.evaluation
+    m = result.metrics
+    rows = {
+        "validation": {
+            "scope": "held out from the version's rows",
+            "metrics": {"accuracy": m["val_accuracy"], "macro_f1": m["val_macro_f1"], "roc_auc": m["val_roc_auc"]},
+        },
+        e.golden.name: e.golden.as_dict(),
+        e.newest.name: e.newest.as_dict(),
+    }
+    console.print(_metrics_table(f"{config.kind} on version {result.version_id}", rows))
+    _print_evaluation(e)
+    console.print(
+        f"[green]✓[/] run {result.run_id} · C={result.model.params['selected_c']} · "
+        f"threshold {result.model.threshold:.3f} · trained in {m['train_s']:.1f} s"
+    )
+
+
+@app.command()
+def evaluate(
+    run: Annotated[str, typer.Argument(help="MLflow run id of a `mlsd textclf train` run")],
+    against: Annotated[str | None, typer.Option(help="another run id: McNemar's test on the golden set")] = None,
+    version: Annotated[str | None, typer.Option(help="whose newest batch to score; default: HEAD")] = None,
+) -> None:
+    """A trained model on the golden set and the newest batch, its behaviour and latency; McNemar vs --against."""
+    from systems.mlops_textclf.evaluate import evaluate_model, paired_mcnemar
+    from systems.mlops_textclf.ingest import DatasetStore
+    from systems.mlops_textclf.train import load_run_model
+
+    settings = _settings()
+    store = DatasetStore.of(settings)
+    head = store.head()
+    if head is None:
+        raise MlsdError("no dataset version yet: run mlsd textclf ingest")
+    version_id = store.resolve(version) if version else head.version_id
+    model, tags = load_run_model(run, settings)
+    e = evaluate_model(model, settings=settings, version=version_id)
+    title = f"run {run} ({tags.get('model_kind', '?')}, trained on {tags.get('data_version', '?')})"
+    console.print(_metrics_table(title, {e.golden.name: e.golden.as_dict(), e.newest.name: e.newest.as_dict()}))
+    _print_evaluation(e)
+    if against:
+        other, _ = load_run_model(against, settings)
+        o = evaluate_model(other, settings=settings, version=version_id)
+        test = paired_mcnemar(o.golden, e.golden)
+        better = "better" if test.challenger_better else "worse" if test.c < test.b else "equal"
+        console.print(
+            f"McNemar ({test.method}) vs {against} on the golden set: {run} right where {against} is wrong "
+            f"{test.c}×, the reverse {test.b}× → {better}, p = {test.p_value:.4g}"
+        )

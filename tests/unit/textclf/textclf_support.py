@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from systems.mlops_textclf.ingest import CorpusSplit, write_split
 from systems.mlops_textclf.settings import CorpusConfig, TextclfSettings
 
 TOPICS = {
@@ -76,3 +77,13 @@ def make_textclf_settings(data_dir: Path, **fields: Any) -> TextclfSettings:
     settings = TextclfSettings(**({"data_dir": data_dir, "corpus": CONFIG, "min_batch_rows": 10} | fields))
     settings.ensure_dirs()
     return settings
+
+
+def ingest_all(split: CorpusSplit, settings: TextclfSettings) -> list[str]:
+    """Write ``split`` (golden set + batches, no broken batch) and ingest every batch; the version ids, in order."""
+    from systems.mlops_textclf.validate import admit_inbox
+
+    write_split(split, settings)
+    results = admit_inbox(settings)
+    assert [r.outcome for r in results] == ["accepted"] * len(split.batches), [r.outcome for r in results]
+    return [r.version_id or "" for r in results]
