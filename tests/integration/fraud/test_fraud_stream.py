@@ -28,15 +28,18 @@ DAY = 86_400
 
 
 def _drain(kit, settings, topic: str, expect: int, timeout_s: float = 30.0) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """Every record on ``topic``: at least ``expect``, and then until a poll finds nothing more. Stopping at
+    ``expect`` would cut off the tail whenever the topic holds re-published duplicates (at-least-once)."""
     consumer = make_consumer(settings, [topic], f"check-{topic}")
     out: list[bytes] = []
+
+    def drained() -> bool:
+        got = consumer.poll(0.2, 5000)
+        out.extend(r.value for r in got)
+        return not got and len(out) >= expect
+
     try:
-        kit.wait_for(
-            lambda: bool(out.extend(r.value for r in consumer.poll(0.2, 5000))) or len(out) >= expect,
-            timeout_s,
-            f"{expect} records on {topic}",
-            interval_s=0,
-        )
+        kit.wait_for(drained, timeout_s, f"{expect} records on {topic}", interval_s=0)
     finally:
         consumer.close()
     return out
