@@ -378,34 +378,16 @@ def _vectorizer(config: TfidfConfig) -> Any:
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion
 
-    parts = [
-        (
-            "word",
-            TfidfVectorizer(
-                ngram_range=config.word_ngrams,
-                min_df=config.min_df,
-                max_features=config.max_features,
-                sublinear_tf=config.sublinear_tf,
-                lowercase=True,
-                dtype=np.float64,
-            ),
-        )
-    ]
+    common = {
+        "min_df": config.min_df,
+        "max_features": config.max_features,
+        "sublinear_tf": config.sublinear_tf,
+        "lowercase": True,
+        "dtype": np.float64,
+    }
+    parts = [("word", TfidfVectorizer(ngram_range=config.word_ngrams, **common))]
     if config.char_ngrams is not None:
-        parts.append(
-            (
-                "char",
-                TfidfVectorizer(
-                    analyzer="char_wb",
-                    ngram_range=config.char_ngrams,
-                    min_df=config.min_df,
-                    max_features=config.max_features,
-                    sublinear_tf=config.sublinear_tf,
-                    lowercase=True,
-                    dtype=np.float64,
-                ),
-            )
-        )
+        parts.append(("char", TfidfVectorizer(analyzer="char_wb", ngram_range=config.char_ngrams, **common)))
     return FeatureUnion(parts)
 
 

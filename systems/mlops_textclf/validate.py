@@ -140,6 +140,12 @@ def _rows_text(rows: list[int], total: int) -> str:
     return f"rows {shown}{', …' if total > 8 else ''}"
 
 
+def _same_rows(frame: pd.DataFrame, keys: pd.Series, other: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Rows of ``frame`` that are rows of ``other``: (by normalised text, by example id)."""
+    by_text = keys.notna() & keys.isin(set(text_keys(other["text"])))
+    return by_text, frame["example_id"].isin(set(other["example_id"]))
+
+
 def _pct(n: int, total: int) -> str:
     return f"{n:,} of {total:,} rows ({n / total:.1%})" if total else f"{n:,} rows"
 
@@ -372,8 +378,8 @@ def validate_batch(
     if reference is None:
         checks.append(CheckResult("dataset_overlap", "pass", "no previous version"))
     else:
-        ref_keys = set(text_keys(reference["text"]))
-        overlap = (keys.isin(ref_keys) & keys.notna()) | frame["example_id"].isin(set(reference["example_id"]))
+        same_text, same_id = _same_rows(frame, keys, reference)
+        overlap = same_text | same_id
         n_over = int(overlap.sum())
         checks.append(
             CheckResult(
@@ -389,9 +395,7 @@ def validate_batch(
             )
         )
 
-    golden_keys = set(text_keys(golden["text"]))
-    by_text = keys.notna() & keys.isin(golden_keys)
-    by_id = frame["example_id"].isin(set(golden["example_id"]))
+    by_text, by_id = _same_rows(frame, keys, golden)
     leak = by_text | by_id
     n_leak = int(leak.sum())
     checks.append(

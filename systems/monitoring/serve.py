@@ -391,23 +391,24 @@ def create_app(
             raise HTTPException(status_code=422, detail=f"not an Alertmanager v4 webhook body: {exc}") from exc
         return {"incidents": [i.incident_id for i in touched]}
 
+    def live_hook(name: str) -> Callable[..., Any]:
+        """What ``LiveMonitor.start`` put on the app; 503 when this service runs without the live ingest."""
+        hook: Callable[..., Any] | None = getattr(app.state, name, None)
+        if hook is None:
+            raise HTTPException(status_code=503, detail="this service has no live ingest (mlsd monitoring up)")
+        return hook
+
     @app.post("/api/references/reload")
     async def reload_references(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """Re-read the reference folder (a new model's training summary, its validation metrics as targets)."""
         require_token(authorization)
-        reload: Callable[[], list[str]] | None = getattr(app.state, "reload_references", None)
-        if reload is None:
-            raise HTTPException(status_code=503, detail="this service has no live ingest (mlsd monitoring up)")
-        return {"references": reload()}
+        return {"references": live_hook("reload_references")()}
 
     @app.post("/api/references/rebaseline")
     async def rebaseline(body: RebaselineBody, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
         """Make a model version's next windows its own reference (an accepted change upstream)."""
         require_token(authorization)
-        start: Callable[..., bool] | None = getattr(app.state, "rebaseline", None)
-        if start is None:
-            raise HTTPException(status_code=503, detail="this service has no live ingest (mlsd monitoring up)")
-        started = start(body.system, body.model_name, body.model_version, windows=body.windows)
+        started = live_hook("rebaseline")(body.system, body.model_name, body.model_version, windows=body.windows)
         return {"started": started, "version": f"{body.system}/{body.model_name}/{body.model_version}"}
 
     @app.get("/api/summary")

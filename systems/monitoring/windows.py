@@ -450,6 +450,13 @@ class _Baseline:
     outs: list[Mapping[str, Any]] = field(default_factory=list)
     seen: int = 0
 
+    def begin(self, from_ms: int, window_ms: int) -> None:
+        """Collect the panes of ``windows`` windows from ``from_ms`` (a pane boundary)."""
+        self.from_ms, self.until_ms = from_ms, from_ms + self.windows * window_ms
+
+    def collects(self, pane_start: int) -> bool:
+        return self.from_ms is not None and self.from_ms <= pane_start < self.until_ms
+
     def offer(self, feats: Sequence[Mapping[str, Any]], outs: Sequence[Mapping[str, Any]]) -> None:
         """Reservoir sampling (algorithm R): every row seen so far is kept with the same probability."""
         for f, o in zip(feats, outs, strict=True):
@@ -555,16 +562,14 @@ class Windows:
         b = _Baseline(windows, max_rows, random.Random(f"{s.system}/{s.model_name}/{s.model_version}"))
         if s.panes or s.closed:  # the series has records: start at the pane after the newest event
             pane = self._pane_ms
-            b.from_ms = (s.clock.max_event // pane + 1) * pane
-            b.until_ms = b.from_ms + windows * self._window_ms
+            b.begin((s.clock.max_event // pane + 1) * pane, self._window_ms)
         s.baseline = b
 
     def _maybe_fit_baseline(self, s: Series, wm: int) -> None:
         b = s.baseline
         assert b is not None
         if b.from_ms is None and s.panes:  # a new series: from its first pane
-            b.from_ms = min(s.panes)
-            b.until_ms = b.from_ms + b.windows * self._window_ms
+            b.begin(min(s.panes), self._window_ms)
         if b.from_ms is not None and b.until_ms <= wm:
             self._fit_baseline(s)
 
@@ -572,7 +577,7 @@ class Windows:
         b = s.baseline
         assert b is not None and b.from_ms is not None
         for st, p in s.panes.items():  # rows of the collected panes not summarised yet
-            if b.from_ms <= st < b.until_ms and p.feats:
+            if b.collects(st) and p.feats:
                 self._summarise(s, p)
         if not b.feats:  # no traffic in those windows: collect the next ones
             b.until_ms += b.windows * self._window_ms
@@ -737,9 +742,8 @@ class Windows:
         b = s.baseline
         if b is not None:
             if b.from_ms is None:
-                b.from_ms = p.start
-                b.until_ms = p.start + b.windows * self._window_ms
-            if b.from_ms <= p.start < b.until_ms:
+                b.begin(p.start, self._window_ms)
+            if b.collects(p.start):
                 b.offer(feats, outs)
         reference = s.reference_at(p.start)
         if s.reference is None:
