@@ -1,4 +1,4 @@
-"""``mlsd textclf``: batches | ingest | validate | versions | resubmit | train | evaluate | bench | demo.
+"""``mlsd textclf``: the text classifier's pipeline, one command per stage.
 
     mlsd textclf batches              # the corpus -> golden set + ordered batches + a broken batch in the inbox
     mlsd textclf ingest               # every inbox file through the gate: a new dataset version, or quarantine
@@ -9,6 +9,8 @@
     mlsd textclf train                # TF-IDF + logistic regression on HEAD -> an MLflow run (golden + newest batch)
     mlsd textclf train --model embedding --version ID   # MiniLM embeddings + logistic regression on version ID
     mlsd textclf evaluate RUN [--against RUN2]          # a run's model on golden + newest batch; McNemar vs RUN2
+    mlsd textclf gate RUN [--out F]   # checks + McNemar vs champion; registers the version, alias challenger if passed
+    mlsd textclf promote | rollback   # challenger -> champion (old one kept as previous) | champion -> previous
     mlsd textclf bench                # gate + versioning cost per batch -> bench/mlops_textclf.json
     mlsd textclf demo                 # batches, ingest, versions in a fresh folder (~30 s)
 
@@ -420,6 +422,16 @@ def _print_evaluation(evaluation: Any) -> None:
             console.print(f"  - {f}", highlight=False)
 
 
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` atomically (a pipeline stage's output is never half-written)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
 def _min_slice_rows() -> int:
     from systems.mlops_textclf.evaluate import MIN_SLICE_ROWS
 
@@ -431,6 +443,7 @@ def train(
     model: Annotated[str, typer.Option(help="candidate: tfidf_linear or embedding")] = "tfidf_linear",
     version: Annotated[str | None, typer.Option(help="dataset version id or unique prefix; default: HEAD")] = None,
     preset: Annotated[str, typer.Option(help="config preset: default or ci (tiny and fast)")] = "default",
+    out: Annotated[Path | None, typer.Option(help="write {run_id, version_id, kind, metrics} as JSON here")] = None,
 ) -> None:
     """Train a candidate on a dataset version, evaluate it, and record it all in one MLflow run."""
     from systems.mlops_textclf.ingest import DatasetStore
@@ -458,6 +471,8 @@ def train(
         f"[green]✓[/] run {result.run_id} · C={result.model.params['selected_c']} · "
         f"threshold {result.model.threshold:.3f} · trained in {m['train_s']:.1f} s"
     )
+    if out is not None:
+        _write_json(out, {"run_id": result.run_id, "version_id": result.version_id, "kind": config.kind, "metrics": m})
 
 
 @app.command()
@@ -491,3 +506,51 @@ def evaluate(
             f"McNemar ({test.method}) vs {against} on the golden set: {run} right where {against} is wrong "
             f"{test.c}×, the reverse {test.b}× → {better}, p = {test.p_value:.4g}"
         )
+
+
+def _gate_table(result: Any) -> Table:
+    peer = f"v{result.champion_version}" if result.champion_version else "the majority-class baseline"
+    table = Table(title=f"gate of run {result.run_id} vs {peer}")
+    for col in ("check", "passed", "value", "limit", "detail"):
+        table.add_column(col, justify="right" if col in ("value", "limit") else "left")
+    for c in result.checks:
+        mark = "[green]✓[/]" if c.passed else "[red]✗[/]"
+        value = "" if c.value is None else f"{c.value:.4g}"
+        limit = "" if c.limit is None else f"{c.limit:.4g}"
+        table.add_row(c.name, mark, value, limit, c.detail)
+    return table
+
+
+@app.command()
+def gate(
+    run: Annotated[str, typer.Argument(help="MLflow run id of a `mlsd textclf train` run")],
+    out: Annotated[Path | None, typer.Option(help="write the gate result as JSON here")] = None,
+    request_id: Annotated[str | None, typer.Option(help="the retrain request this candidate answers")] = None,
+) -> None:
+    """Gate a trained run against the champion: every check, McNemar's margin; register it, alias challenger."""
+    from systems.mlops_textclf.gate import run_gate
+
+    result = run_gate(_settings(), run, request_id=request_id)
+    console.print(_gate_table(result))
+    verdict = "[green]passed[/]: alias challenger" if result.passed else "[red]blocked[/]"
+    console.print(f"version {result.registered_version} {verdict} · {result.seconds:.1f} s")
+    if out is not None:
+        _write_json(out, result.as_dict())
+
+
+@app.command()
+def promote() -> None:
+    """Move champion to the challenger (the old champion stays as previous), without an online rollout."""
+    from systems.mlops_textclf.gate import promote as do_promote
+
+    new, old = do_promote(_settings(), reason="mlsd textclf promote")
+    console.print(f"[green]✓[/] champion v{new}" + (f" (previous v{old})" if old else ""))
+
+
+@app.command()
+def rollback() -> None:
+    """Move champion back to previous."""
+    from systems.mlops_textclf.gate import rollback as do_rollback
+
+    restored, dropped = do_rollback(_settings(), reason="mlsd textclf rollback")
+    console.print(f"[green]✓[/] champion v{restored} again (v{dropped} rolled back)")

@@ -73,6 +73,9 @@ class CorpusConfig(BaseModel):
     """Ordered groups of slice values, one batch each (``"*"`` = every value no other group names). None:
     ``n_batches`` contiguous chunks in ``order_column`` order (a time-ordered stream instead of a domain shift)."""
     n_batches: int = Field(default=4, ge=1)
+    behavioural_suite: bool = True
+    """Whether the English review-sentiment CheckList cases of ``evaluate.py`` apply to this task (the gate
+    then requires them); a corpus with another task or language sets False (or brings its own cases)."""
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -138,6 +141,19 @@ class TextclfSettings(MlsdSettings):
     golden set's for the first batch). An effect size, not a p-value: at thousands of rows every p is tiny."""
     length_alpha: float = 0.001
     """... and the KS test must also reject at this level: on a small batch a large statistic can be chance."""
+
+    # ---- the promotion gate (gate.py): a candidate becomes challenger only if it passes all of these
+    model_name: str = "textclf"
+    """The registered model's name: serving loads ``models:/<model_name>@champion``."""
+    gate_margin: float = Field(default=0.002, ge=0.0)
+    """Golden-set accuracy the candidate must gain over the champion (with McNemar significant as well)."""
+    gate_alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    """Level of McNemar's paired test: a promotion on noise happens at most this often."""
+    gate_max_ece: float = Field(default=0.05, gt=0.0)
+    gate_max_p99_ms: float = Field(default=50.0, gt=0.0)
+    """Single-row p99 latency in the evaluating process: the serving budget."""
+    gate_max_slice_drop: float = Field(default=0.03, ge=0.0)
+    """Largest accuracy loss in any slice with enough rows, against the champion."""
 
     # ---- drift: reported as warnings, never a reason to reject
     drift_slice_tv: float = 0.25

@@ -485,7 +485,8 @@ def _pip_requirements(kind: str) -> list[str]:
     return out
 
 
-def _log_model(model: TextClassifier, example: list[str]) -> None:
+def log_text_model(model: TextClassifier, example: list[str]) -> None:
+    """Log ``model`` as the pyfunc ``model`` of the active run (signature, input example, pinned requirements)."""
     import mlflow
     from mlflow.models import infer_signature
     from mlflow.pyfunc import PythonModel
@@ -575,7 +576,7 @@ def train(
         mlflow.log_metrics(metrics)
         mlflow.log_dict(evaluation.as_dict(), "evaluation.json")
         if log_model:
-            _log_model(model, golden["text"].head(3).tolist())
+            log_text_model(model, golden["text"].head(3).tolist())
         run_id = run.info.run_id
     log.info("textclf %s on %s: run %s, %.1f s", config.kind, version_id, run_id, train_s)
     return TrainResult(run_id=run_id, model=model, version_id=version_id, metrics=metrics, evaluation=evaluation)
@@ -596,3 +597,28 @@ def load_run_model(run_id: str, settings: TextclfSettings) -> tuple[TextClassifi
     except MlflowException as exc:
         raise MlsdError(f"no textclf model in run {run_id!r}: {str(exc).splitlines()[0]}") from exc
     return wrapped.classifier, dict(run.data.tags)
+
+
+def log_candidate(settings: TextclfSettings, model: TextClassifier, *, tags: dict[str, str] | None = None) -> str:
+    """Log an already-built classifier as a training run (what ``train`` writes, without training): the run id.
+
+    For models made outside ``train``: the gate-correctness trials' peers and the demo's deliberately broken
+    model. ``model.data_version`` must name the dataset version it came from.
+    """
+    import mlflow
+
+    from systems.common import registry
+    from systems.common.bench import git_sha
+
+    registry.configure(settings)
+    experiment_id = registry.experiment_id(EXPERIMENT, settings)
+    run_tags = {
+        DATA_VERSION_TAG: model.data_version or "unknown",
+        GIT_SHA_TAG: git_sha() or "unknown",
+        "model_kind": model.kind,
+        "corpus": settings.corpus.name,
+    } | (tags or {})
+    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run:
+        mlflow.log_params({k: str(v) for k, v in model.params.items()})
+        log_text_model(model, load_golden(settings)["text"].head(3).tolist())
+        return str(run.info.run_id)

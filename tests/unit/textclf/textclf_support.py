@@ -37,6 +37,7 @@ CONFIG = CorpusConfig(
     order_column="ts",
     id_column="uid",
     batch_plan=[["shoes"], ["phones"], ["books", "*"]],
+    behavioural_suite=False,  # the English clothing-review CheckList cases are not this corpus's task
 )
 
 
