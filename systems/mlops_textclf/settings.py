@@ -155,6 +155,19 @@ class TextclfSettings(MlsdSettings):
     gate_max_slice_drop: float = Field(default=0.03, ge=0.0)
     """Largest accuracy loss in any slice with enough rows, against the champion."""
 
+    # ---- serving and rollout (serve.py, rollout.py)
+    port: int = 8004
+    admin_token: str | None = None
+    """Bearer token of the admin endpoints (rollout, promote, rollback); None: they refuse every call (403)."""
+    labels_topic: str = "textclf.feedback"
+    """Feedback labels (``LabelRecord`` by ``prediction_id``): the rollout's quality evidence, and monitoring's."""
+    publish_predictions: bool = True
+    max_batch: int = Field(default=256, ge=1)
+    max_text_chars: int = Field(default=20_000, ge=1)
+    rollout_tick_s: float = Field(default=0.5, gt=0.0)
+    pending_labels: int = Field(default=200_000, ge=1000)
+    """Served predictions remembered for the feedback join (oldest forgotten first)."""
+
     # ---- drift: reported as warnings, never a reason to reject
     drift_slice_tv: float = 0.25
     """Total-variation distance of the slice mix vs the previous version above which drift is reported."""

@@ -321,6 +321,30 @@ class EmbeddingClassifier(TextClassifier):
         return state
 
 
+class SabotagedClassifier(TextClassifier):
+    """A deliberately broken model for the demo, the bench and the tests: fast, calibrated-looking, wrong.
+
+    It inverts the wrapped model's probability on a hash-chosen ``fraction`` of texts: small enough that its
+    positive rate stays near the champion's (the prediction-shift check alone would pass it), large enough that
+    its error rate on feedback labels is several points worse, which only the quality analysis can see.
+    """
+
+    def __init__(self, inner: TextClassifier, *, fraction: float = 0.1) -> None:
+        self.__dict__.update(inner.__dict__)
+        self.inner = inner
+        self.fraction = fraction
+        self.kind = inner.kind  # type: ignore[misc]
+        self.params = dict(inner.params) | {"sabotaged_fraction": str(fraction)}
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        p = self.inner.predict_proba(texts)
+        hit = np.array([int(hashlib.sha1(t.encode()).hexdigest()[:8], 16) % 1000 < self.fraction * 1000 for t in texts])
+        return np.where(hit, 1.0 - p, p) if len(texts) else p
+
+    def serving(self) -> SabotagedClassifier:
+        return SabotagedClassifier(self.inner.serving(), fraction=self.fraction)
+
+
 # ------------------------------------------------------------------------------------------- training
 
 

@@ -1,0 +1,97 @@
+"""The text classifier's rollout for real: uvicorn in a subprocess, the tansu broker, the MLflow registry.
+
+A deliberately broken challenger (right on most texts, wrong on a hash-chosen share: its positive rate stays
+close to the champion's) is put in canary under open-loop load at 200 requests/s with feedback labels arriving
+a second after each answer. The analysis must roll it back on its own, no request may fail, and the registry
+must record it; admin endpoints refuse a missing or wrong token, bad input gets a 422 with a message."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from systems.common import registry
+from systems.common.broker import LocalBroker
+from systems.common.http import ServerProcess
+from systems.mlops_textclf.gate import GATE_TAG, ROLLOUT_TAG, promote, run_gate
+from systems.mlops_textclf.ingest import DatasetStore, load_golden, make_batches
+from systems.mlops_textclf.settings import TextclfSettings
+from systems.mlops_textclf.traffic import drive_rollout
+from systems.mlops_textclf.train import SabotagedClassifier, ci_preset, fit_classifier, log_candidate
+from tests.unit.textclf.textclf_support import CONFIG, ingest_all, make_textclf_settings, tiny_corpus
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TOKEN = "test-admin-token"
+
+
+@pytest.fixture()
+def served(tmp_path: Path, broker: LocalBroker, monkeypatch: pytest.MonkeyPatch) -> TextclfSettings:
+    """A champion (gated, promoted) and a sabotaged challenger forced past the gate (fault injection)."""
+    import mlflow
+
+    suffix = uuid.uuid4().hex[:8]
+    settings = make_textclf_settings(
+        tmp_path / ".mlsd",
+        golden_fraction=0.3,
+        gate_max_ece=0.2,
+        kafka_bootstrap=broker.bootstrap,
+        admin_token=TOKEN,
+        labels_topic=f"textclf.feedback.{suffix}",
+        predictions_topic=f"predictions.{suffix}",
+        rollout_tick_s=0.2,
+    )
+    ingest_all(make_batches(tiny_corpus(), CONFIG, golden_fraction=0.3, seed=0), settings)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    store = DatasetStore.of(settings)
+    head = store.head()
+    assert head is not None
+    model, _ = fit_classifier(store.load(head.version_id), ci_preset(), classes=CONFIG.class_names)
+    model.data_version = head.version_id
+    assert run_gate(settings, log_candidate(settings, model)).passed
+    promote(settings)
+    bad = SabotagedClassifier(model, fraction=0.3)
+    mv = mlflow.register_model(f"runs:/{log_candidate(settings, bad)}/model", settings.model_name)
+    registry.set_alias(settings.model_name, registry.CHALLENGER, mv.version)
+    return settings
+
+
+def test_a_bad_canary_is_rolled_back_under_load_with_no_failed_request(served: TextclfSettings, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    golden = load_golden(served)
+    texts, labels = golden["text"].astype(str).tolist(), golden["label"].astype(str).tolist()
+    env = served.to_env() | {"MLSD_DATA_DIR": str(served.data_dir)}
+    with ServerProcess("systems.mlops_textclf.serve:create_app", env=env, log_path=tmp_path / "serve.log") as server:
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            # admin endpoints need the token; bad input is a 422 with a message
+            assert client.post("/admin/rollout", json={}).status_code == 401
+            wrong = client.post("/admin/rollout", json={}, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401 and "admin token" in wrong.json()["error"]["message"]
+            assert client.post("/admin/rollback", headers={"Authorization": "Bearer nope"}).status_code == 401
+            empty = client.post("/predict", json={"text": ""})
+            assert empty.status_code == 422 and "text" in empty.json()["error"]["message"]
+            big = client.post("/predict/batch", json={"items": [{"text": "x"}] * (served.max_batch + 1)})
+            assert big.status_code == 422 and "at most" in big.json()["error"]["message"]
+            assert client.get("/rollout").json()["champion"] == "1"
+
+        plan = {"strategy": "canary", "steps": [25, 50, 100], "step_s": 4, "min_requests": 30, "min_samples": 60}
+        run = drive_rollout(
+            server.url, served, texts, labels, plan=plan, token=TOKEN, rate=200, duration_s=25, start_after_s=2
+        )
+    assert run.load.errors == 0 and run.load.count >= 200 * 25 * 0.95, run.load
+    assert run.outcome == "rolled_back", run.status.get("events")
+    assert run.arms.get("challenger", 0) > 0  # it did answer some users before it was caught
+    assert run.first_challenger_s is not None and run.finished_s is not None
+    assert run.finished_s - run.first_challenger_s < 15.0
+    reason = run.status["rollout"]["reason"]
+    assert "labelled answers" in reason or "positive rate" in reason, reason
+    assert run.status["champion"] == "1" and run.status["challenger"] is None
+    # the registry took the decision: no challenger alias, the version says why
+    client = MlflowClient()
+    assert registry.get_alias_version(served.model_name, registry.CHALLENGER) is None
+    tags = client.get_model_version(served.model_name, "2").tags
+    assert tags[ROLLOUT_TAG] == "rolled_back" and tags.get(GATE_TAG) is None  # it never passed a gate
