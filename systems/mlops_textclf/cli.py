@@ -11,8 +11,11 @@
     mlsd textclf evaluate RUN [--against RUN2]          # a run's model on golden + newest batch; McNemar vs RUN2
     mlsd textclf gate RUN [--out F]   # checks + McNemar vs champion; registers the version, alias challenger if passed
     mlsd textclf promote | rollback   # challenger -> champion (old one kept as previous) | champion -> previous
+    mlsd textclf pipeline [--preset ci] [--watch [--every-s N] [--listen]]   # ingest -> train -> gate, DVC-cached
+    mlsd textclf serve                # POST /predict from champion; shadow / canary / blue-green via the admin API
+    mlsd textclf rollout --strategy canary   # start one on the running server and follow its analysis
     mlsd textclf bench                # gate + versioning cost per batch -> bench/mlops_textclf.json
-    mlsd textclf demo                 # batches, ingest, versions in a fresh folder (~30 s)
+    mlsd textclf demo                 # the whole loop in a fresh folder, canary and rollback included (~3 min)
 
 The corpus and the gate's thresholds come from ``TextclfSettings`` (``MLSD_TEXTCLF_*``); pandas, pandera and
 scipy are imported inside the commands, so ``mlsd --help`` stays fast.
@@ -230,30 +233,12 @@ def _pipeline(work: Path) -> tuple[TextclfSettings, CorpusSplit, list[AdmitResul
 
 
 @app.command()
-def demo() -> None:
-    """The configured corpus (reviews by default) cut into batches, each through the gate, then the versions."""
-    import tempfile
+def demo(rate: Annotated[float, typer.Option(help="requests per second during the canaries")] = 200.0) -> None:
+    """The loop: broken batch quarantined, first model, serving, new batches → retrain → gate → canary → promote,
+    then a broken model → canary → automatic rollback (~3 minutes)."""
+    from systems.mlops_textclf.demo import run_demo
 
-    from systems.mlops_textclf.ingest import DatasetStore, load_version
-
-    base = _settings()
-    work = Path(tempfile.mkdtemp(prefix="textclf-demo-", dir=base.data_dir))
-    settings, split, results, _ = _pipeline(work)
-    console.print(_split_table(split, None))
-    console.print(_results_table(results))
-    for r in results:
-        if r.outcome == "quarantined":
-            console.print(r.report.summary(), highlight=False)
-    store = DatasetStore.of(settings)
-    head = store.head()
-    console.print(_versions_table(store.versions(), head.version_id if head else None, split.classes))
-    if head is None or not any(r.outcome == "quarantined" for r in results):
-        raise MlsdError("the demo expected versions and one quarantined batch; see the tables above")
-    first = store.versions()[0]
-    rows = load_version(first.version_id, settings)
-    console.print(
-        f"version {first.version_id} still loads unchanged ({len(rows):,} rows, digest verified); files in {work}"
-    )
+    run_demo(_settings(), rate=rate)
 
 
 @app.command()
@@ -261,15 +246,25 @@ def bench(
     out: Annotated[
         Path | None, typer.Option(help="JSON report; default: systems/mlops_textclf/bench/mlops_textclf.json")
     ] = None,
-    models: Annotated[bool, typer.Option(help="also train both candidates on every version (quality section)")] = True,
+    only: Annotated[
+        str, typer.Option(help="comma-separated sections: ingest, quality, gate, rollout, serving")
+    ] = "ingest,quality,gate,rollout,serving",
 ) -> None:
-    """Seconds per batch through the gate and to load + verify each version; golden-set quality per version."""
+    """The gate per batch, quality per model and data version, gate error rates, rollouts under load, serving."""
     import tempfile
 
     from systems.common.bench import BenchReport
+    from systems.mlops_textclf import bench as sections
     from systems.mlops_textclf.ingest import DatasetStore
+    from systems.mlops_textclf.train import tfidf_default
+    from systems.mlops_textclf.train import train as do_train
 
+    wanted = {s.strip() for s in only.split(",") if s.strip()}
+    unknown = wanted - {"ingest", "quality", "gate", "rollout", "serving"}
+    if unknown:
+        raise MlsdError(f"unknown bench sections {sorted(unknown)}")
     base = _settings()
+    report = BenchReport("mlops_textclf", out=out)
     with tempfile.TemporaryDirectory(prefix="textclf-bench-", dir=base.data_dir) as tmp:
         settings, split, results, seconds = _pipeline(Path(tmp))
         store = DatasetStore.of(settings)
@@ -278,14 +273,22 @@ def bench(
             t = time.perf_counter()
             store.load(m.version_id)
             loads.append({"version": m.version_id, "rows": m.rows, "load_verify_s": round(time.perf_counter() - t, 3)})
-        quality = _bench_quality(settings, store) if models else {}
+        quality = _bench_quality(settings, store) if "quality" in wanted else {}
+        if wanted & {"gate", "rollout", "serving"}:
+            deployed = do_train(settings, tfidf_default()).model  # the HEAD model a pipeline would deploy
+            if "gate" in wanted:
+                report.section("gate", sections.bench_gate(settings, deployed))
+            if "rollout" in wanted:
+                report.section("rollout", sections.bench_rollout(settings, deployed))
+            if "serving" in wanted:
+                report.section("serving", sections.bench_serving(settings, deployed))
     per_batch: list[dict[str, Any]] = [
         {"file": r.name, "outcome": r.outcome, "rows": r.rows, "admit_s": round(s, 3), "rows_per_s": round(r.rows / s)}
         for r, s in zip(results, seconds, strict=True)
     ]
     result = {"corpus": settings.corpus.name, "split": split.summary(), "batches": per_batch, "versions": loads}
-    report = BenchReport("mlops_textclf", out=out)
-    report.section("ingest", result)
+    if "ingest" in wanted:
+        report.section("ingest", result)
     if quality:
         report.section("quality", quality)
         qt = Table(title="golden-set quality per model and data version (the headline: HEAD)")
@@ -304,6 +307,7 @@ def bench(
                 )
         console.print(qt)
     report.plot(lambda png: _plot_bench(report.data, png))
+    sections.plot(report.data, report.path.with_name("mlops_textclf_rollout.png"))
     table = Table(title="gate + versioning per batch")
     for col in ("file", "outcome", "rows", "admit s", "rows/s"):
         table.add_column(col, justify="left" if col in ("file", "outcome") else "right")
@@ -554,3 +558,111 @@ def rollback() -> None:
 
     restored, dropped = do_rollback(_settings(), reason="mlsd textclf rollback")
     console.print(f"[green]✓[/] champion v{restored} again (v{dropped} rolled back)")
+
+
+# ---- pipeline (continuous training as a DVC pipeline: systems/mlops_textclf/pipeline.py)
+@app.command()
+def pipeline(
+    model: Annotated[str, typer.Option(help="candidate: tfidf_linear or embedding")] = "tfidf_linear",
+    preset: Annotated[str, typer.Option(help="config preset: default or ci (tiny and fast)")] = "default",
+    watch: Annotated[bool, typer.Option(help="keep running: on new data, --every-s, --listen; until Ctrl-C")] = False,
+    every_s: Annotated[float | None, typer.Option(help="with --watch: also a full run every N seconds")] = None,
+    listen: Annotated[bool, typer.Option(help="with --watch: also act on retrain requests (retrain.requests)")] = False,
+    out: Annotated[Path | None, typer.Option(help="write the run's result (stages, outputs) as JSON here")] = None,
+) -> None:
+    """ingest -> train -> gate as a DVC pipeline: a stage runs only if its data, code or params changed."""
+    import signal
+    import threading
+
+    from systems.mlops_textclf.pipeline import PipelineResult, run_pipeline, stages_table
+    from systems.mlops_textclf.pipeline import watch as do_watch
+
+    settings = _settings()
+
+    def show(result: PipelineResult) -> None:
+        console.print(stages_table(result))
+        if out is not None:
+            _write_json(out, result.as_dict())
+
+    if not watch:
+        if every_s is not None or listen:
+            raise MlsdError("--every-s and --listen need --watch")
+        show(run_pipeline(settings, model=model, preset=preset))
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def outcome(o: Any) -> None:
+        console.print(f"retrain request {o.request_id}: {o.status} {o.detail}")
+
+    console.print(f"watching {settings.inbox}" + (f", every {every_s:g} s" if every_s else "") + " · Ctrl-C stops")
+    try:
+        do_watch(
+            settings,
+            stop,
+            model=model,
+            preset=preset,
+            every_s=every_s,
+            listen=listen,
+            on_result=show,
+            on_error=lambda trigger, exc: console.print(f"[red]pipeline ({trigger}) failed:[/] {exc}"),
+            listener_kwargs={"on_outcome": outcome},
+        )
+    except KeyboardInterrupt:
+        stop.set()
+
+
+# ---- end pipeline
+
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="default: MLSD_TEXTCLF_PORT (8004)")] = None,
+) -> None:
+    """POST /predict from the registry's champion; rollouts through the admin API (needs the admin token)."""
+    import uvicorn
+
+    from systems.mlops_textclf.serve import create_app
+
+    settings = _settings()
+    uvicorn.run(create_app(settings), host=settings.host, port=port or settings.port, log_level="warning")
+
+
+@app.command()
+def rollout(
+    strategy: Annotated[str, typer.Option(help="shadow, canary or bluegreen")] = "canary",
+    url: Annotated[str | None, typer.Option(help="the serving API; default http://HOST:PORT")] = None,
+    steps: Annotated[str, typer.Option(help="canary percents, comma-separated")] = "5,25,50,100",
+    step_s: Annotated[float, typer.Option(help="least seconds per step")] = 30.0,
+    feedback: Annotated[bool, typer.Option(help="judge quality on feedback labels too")] = True,
+) -> None:
+    """Start a rollout of the registry's challenger on a running `mlsd textclf serve` and follow it to its end."""
+    import httpx
+
+    from systems.mlops_textclf.rollout import RolloutPlan
+
+    settings = _settings()
+    if settings.admin_token is None:
+        raise MlsdError("set MLSD_TEXTCLF_ADMIN_TOKEN (the server's admin token) to start a rollout")
+    plan = RolloutPlan(
+        strategy=strategy,
+        steps=[float(s) for s in steps.split(",")],
+        step_s=step_s,
+        feedback=feedback,
+    )
+    base = url or f"http://{settings.host}:{settings.port}"
+    headers = {"Authorization": f"Bearer {settings.admin_token}"}
+    with httpx.Client(base_url=base, timeout=30.0) as client:
+        r = client.post("/admin/rollout", json=plan.model_dump(), headers=headers)
+        if r.status_code >= 300:
+            raise MlsdError(f"rollout refused ({r.status_code}): {r.json()['error']['message']}")
+        seen = 0
+        while True:
+            status = client.get("/rollout").json()
+            for event in status["events"][seen:]:
+                console.print(f"{event['event']:>14} {event['percent'] or 0:>5.0f} %  {event['reason']}")
+            seen = len(status["events"])
+            if (status.get("rollout") or {}).get("phase") == "done":
+                console.print(f"outcome: {status['rollout']['outcome']} · champion v{status['champion']}")
+                return
+            time.sleep(1.0)

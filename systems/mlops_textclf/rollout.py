@@ -19,9 +19,11 @@ user on the challenger at 5 % is still on it at 25 % (the buckets below 500 are 
 **The analysis** (every ``tick_s``), on the challenger against the champion over the current step:
 
 - *errors*: share of challenger calls that raised, at most ``max_error_rate``;
-- *latency*: challenger p99 over champion p99 (model time, from the same step) at most ``max_p99_ratio``;
-- *prediction shift*: |positive rate of challenger − champion| at most ``max_shift`` (a model that says
-  "positive" to everything is caught before any label arrives);
+- *latency*: challenger p99 over champion p99 (model time, from the same step) at most ``max_p99_ratio``
+  (a p99 under ``p99_floor_ms`` passes whatever the ratio: at a fraction of the budget a ratio is noise);
+- *prediction shift*: the positive rates of challenger and champion must not differ by more than ``max_shift``
+  *with confidence* (the bound of :func:`mixture_test`; a raw difference over 50 requests is mostly noise). A
+  model that says "positive" to everything is caught before any label arrives;
 - *quality on delayed feedback*: labels arrive on ``textclf.feedback``; once both arms have ``min_samples``
   labelled predictions, an always-valid two-sample test of their error rates (:func:`quality_test`, a mixture
   sequential probability ratio test) is checked at every tick: evidence that the challenger is worse rolls it
@@ -79,7 +81,10 @@ class RolloutPlan(BaseModel):
     """Labelled predictions each arm needs before the quality test may decide."""
     max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
     max_p99_ratio: float = Field(default=2.0, gt=0.0)
-    max_shift: float = Field(default=0.15, gt=0.0, le=1.0)
+    p99_floor_ms: float = Field(default=10.0, ge=0.0)
+    """A challenger p99 under this is never a latency failure, whatever the ratio (the budget is 50 ms)."""
+    max_shift: float = Field(default=0.1, gt=0.0, le=1.0)
+    """Roll back when the positive rates differ by more than this, with confidence (an always-valid bound)."""
     quality_delta: float = Field(default=0.05, gt=0.0, lt=1.0)
     """The smallest increase of the error rate the quality test must catch (p₁ − p₀)."""
     alpha: float = Field(default=0.05, gt=0.0, lt=0.5)
@@ -144,31 +149,37 @@ class Verdict:
     checks: dict[str, Any] = field(default_factory=dict)
 
 
-def quality_test(champion: ArmStats, challenger: ArmStats, *, tau: float, alpha: float) -> dict[str, float]:
-    """Always-valid test of "the challenger's error rate is the champion's" on labelled answers of both arms.
+def mixture_test(k0: int, n0: int, k1: int, n1: int, *, tau: float, alpha: float) -> dict[str, float]:
+    """Always-valid test of "rate 1 equals rate 0" from ``k`` successes in ``n`` trials of two independent arms.
 
-    The difference of error rates θ̂ = p̂_ch − p̂_champ has variance s² = Σ p̂(1−p̂)/n; with a N(0, τ²) mixture
-    over the true difference, the likelihood ratio of the observed θ̂ is
-    ``Λ = √(s²/(s²+τ²)) · exp(τ²θ̂² / (2s²(s²+τ²)))`` (the mixture SPRT of Johari et al., 2017). Rejecting when
-    Λ ≥ 1/α keeps the false-rejection rate at α however often it is looked at, and it does not pretend the
-    champion's error rate is known; the matching confidence sequence gives ``lower``/``upper`` bounds on θ.
+    The difference θ̂ = p̂₁ − p̂₀ has variance s² = Σ p̂(1−p̂)/n; with a N(0, τ²) mixture over the true
+    difference, the likelihood ratio of the observed θ̂ is ``Λ = √(s²/(s²+τ²)) · exp(τ²θ̂² / (2s²(s²+τ²)))``
+    (the mixture SPRT of Johari et al., 2017). Rejecting when Λ ≥ 1/α keeps the false-rejection rate at α
+    however often it is looked at, and the matching confidence sequence gives ``lower``/``upper`` bounds on θ
+    that hold at every look. Neither rate is treated as known: both arms' noise is in s².
     """
-    n0, n1 = max(champion.labelled, 1), max(challenger.labelled, 1)
-    # error rates smoothed away from 0 and 1, so that a perfect arm still has a variance
-    p0, p1 = (champion.wrong + 0.5) / (n0 + 1), (challenger.wrong + 0.5) / (n1 + 1)
+    n0, n1 = max(n0, 1), max(n1, 1)
+    # rates smoothed away from 0 and 1, so that a perfect arm still has a variance
+    p0, p1 = (k0 + 0.5) / (n0 + 1), (k1 + 0.5) / (n1 + 1)
     diff = p1 - p0
     s2 = p0 * (1 - p0) / n0 + p1 * (1 - p1) / n1
     t2 = tau * tau
     log_lr = 0.5 * math.log(s2 / (s2 + t2)) + t2 * diff * diff / (2 * s2 * (s2 + t2))
     half = math.sqrt(s2 * (s2 + t2) / t2 * (math.log((s2 + t2) / s2) + 2 * math.log(1 / alpha)))
     return {
-        "champion_error": round(p0, 5),
-        "challenger_error": round(p1, 5),
+        "rate_0": round(p0, 5),
+        "rate_1": round(p1, 5),
         "difference": round(diff, 5),
         "likelihood_ratio": round(math.exp(min(log_lr, 700.0)), 4),
         "lower": round(diff - half, 5),
         "upper": round(diff + half, 5),
     }
+
+
+def quality_test(champion: ArmStats, challenger: ArmStats, *, tau: float, alpha: float) -> dict[str, float]:
+    """:func:`mixture_test` on the two arms' wrong answers among their labelled ones."""
+    t = mixture_test(champion.wrong, champion.labelled, challenger.wrong, challenger.labelled, tau=tau, alpha=alpha)
+    return t | {"champion_error": t["rate_0"], "challenger_error": t["rate_1"]}
 
 
 def analyse(
@@ -190,15 +201,24 @@ def analyse(
         if p_ch is not None and p_champ:
             ratio = p_ch / max(p_champ, 1e-3)
             checks["p99_ratio"] = round(ratio, 3)
-            if ratio > plan.max_p99_ratio and p_ch > 1.0:  # under 1 ms a ratio is timer noise
+            if ratio > plan.max_p99_ratio and p_ch > plan.p99_floor_ms:
                 return Verdict("rollback", f"challenger p99 {p_ch:.2f} ms is {ratio:.1f}× the champion's", checks)
-        shift = abs(
-            challenger.positives / (challenger.calls - challenger.errors)
-            - champion.positives / (champion.calls - champion.errors)
+        shift = mixture_test(
+            champion.positives,
+            champion.calls - champion.errors,
+            challenger.positives,
+            challenger.calls - challenger.errors,
+            tau=plan.max_shift,
+            alpha=plan.alpha,
         )
-        checks["positive_rate_shift"] = round(shift, 4)
-        if shift > plan.max_shift:
-            return Verdict("rollback", f"positive rate differs by {shift:.1%} from the champion's", checks)
+        checks["positive_rate_shift"] = shift
+        if shift["lower"] > plan.max_shift or shift["upper"] < -plan.max_shift:
+            return Verdict(
+                "rollback",
+                f"positive rate {shift['rate_1']:.1%} vs the champion's {shift['rate_0']:.1%}: differs by more than "
+                f"{plan.max_shift:.0%} with confidence {1 - plan.alpha:.0%}",
+                checks,
+            )
     quality_ok = not plan.feedback
     if plan.feedback and min(champion.labelled, challenger.labelled) >= plan.min_samples:
         test = quality_test(champion, challenger, tau=plan.quality_delta, alpha=plan.alpha)

@@ -348,8 +348,8 @@ class TextclfService:
         if state.phase == "post_promotion":
             assert self.previous is not None
             with self.lock:
-                verdict = analyse(
-                    state.plan.model_copy(update={"step_s": 0.0}),
+                verdict = analyse(  # after a promotion the labels are always read: that is its point
+                    state.plan.model_copy(update={"step_s": 0.0, "feedback": True}),
                     self._stats(self.previous.version),
                     self._stats(routing.champion.version),
                     step_elapsed_s=now - state.step_started,

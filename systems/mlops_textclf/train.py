@@ -295,7 +295,12 @@ class TfidfClassifier(TextClassifier):
         self.vectorizer = vectorizer
 
     def features(self, texts: Sequence[str]) -> Any:
-        return self.vectorizer.transform(list(texts))  # (N, n_features) sparse CSR
+        import scipy.sparse as sp
+
+        texts = list(texts)
+        # FeatureUnion.transform, without its joblib dispatch (~0.4 ms of a ~2 ms single-text call)
+        parts = [t.transform(texts) for _, t in self.vectorizer.transformer_list]
+        return sp.hstack(parts, format="csr") if len(parts) > 1 else parts[0]  # (N, n_features) sparse CSR
 
 
 class EmbeddingClassifier(TextClassifier):
@@ -329,20 +334,22 @@ class SabotagedClassifier(TextClassifier):
     its error rate on feedback labels is several points worse, which only the quality analysis can see.
     """
 
-    def __init__(self, inner: TextClassifier, *, fraction: float = 0.1) -> None:
+    def __init__(self, inner: TextClassifier, *, fraction: float = 0.1, salt: str = "") -> None:
         self.__dict__.update(inner.__dict__)
         self.inner = inner
         self.fraction = fraction
+        self.salt = salt
         self.kind = inner.kind  # type: ignore[misc]
         self.params = dict(inner.params) | {"sabotaged_fraction": str(fraction)}
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         p = self.inner.predict_proba(texts)
-        hit = np.array([int(hashlib.sha1(t.encode()).hexdigest()[:8], 16) % 1000 < self.fraction * 1000 for t in texts])
+        salt, cut = getattr(self, "salt", ""), self.fraction * 10_000
+        hit = np.array([int(hashlib.sha1((salt + t).encode()).hexdigest()[:8], 16) % 10_000 < cut for t in texts])
         return np.where(hit, 1.0 - p, p) if len(texts) else p
 
     def serving(self) -> SabotagedClassifier:
-        return SabotagedClassifier(self.inner.serving(), fraction=self.fraction)
+        return SabotagedClassifier(self.inner.serving(), fraction=self.fraction, salt=getattr(self, "salt", ""))
 
 
 # ------------------------------------------------------------------------------------------- training

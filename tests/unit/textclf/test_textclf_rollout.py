@@ -32,7 +32,7 @@ def test_assignment_is_sticky_monotonic_and_proportional() -> None:
 def _arm(*, calls: int = 0, errors: int = 0, positive_rate: float = 0.5, p99: float = 1.0, n: int = 0, wrong: int = 0):
     a = ArmStats()
     for i in range(calls - errors):
-        a.record(positive=i < positive_rate * (calls - errors), latency_ms=p99 if i % 100 == 99 else p99 / 4)
+        a.record(positive=i < positive_rate * (calls - errors), latency_ms=p99 if i % 50 == 49 else p99 / 4)
     for _ in range(errors):
         a.record_error()
     for i in range(n):
@@ -49,10 +49,15 @@ def test_each_ops_check_rolls_back_and_guards_hold_with_few_requests() -> None:
         analyse(PLAN, champion, _arm(calls=500, errors=10, positive_rate=0.8, p99=2.0), step_elapsed_s=1).decision
         == "rollback"
     )
-    slow = analyse(PLAN, champion, _arm(calls=500, positive_rate=0.8, p99=9.0), step_elapsed_s=1)
+    slow = analyse(PLAN, champion, _arm(calls=500, positive_rate=0.8, p99=30.0), step_elapsed_s=1)
     assert slow.decision == "rollback" and "p99" in slow.reason
+    # 4.5x the champion but 9 ms, well inside the budget: not a latency failure
+    assert analyse(PLAN, champion, _arm(calls=500, positive_rate=0.8, p99=9.0), step_elapsed_s=1).decision != "rollback"
     shifted = analyse(PLAN, champion, _arm(calls=500, positive_rate=0.5, p99=2.0), step_elapsed_s=1)
     assert shifted.decision == "rollback" and "positive rate" in shifted.reason
+    # 15 points apart over only 60 requests is within noise: no rollback on that alone
+    few = analyse(PLAN, _arm(calls=5000, positive_rate=0.85), _arm(calls=60, positive_rate=0.7), step_elapsed_s=1)
+    assert few.decision != "rollback", few
     # 3 errors in 10 calls is below the minimum sample: no verdict yet
     assert analyse(PLAN, champion, _arm(calls=10, errors=3), step_elapsed_s=1).decision == "hold"
 
@@ -212,3 +217,21 @@ def test_a_raising_challenger_is_answered_by_the_champion_and_rolled_back(tmp_pa
     assert all(a.arm == "champion" for a in answers)  # every request answered, by the champion
     service.tick()
     assert service.status()["rollout"]["outcome"] == "rolled_back"
+
+
+def test_blue_green_with_ops_checks_only_promotes_a_bad_model_and_post_promotion_labels_roll_it_back(
+    tmp_path: Any,
+) -> None:
+    service = _service(tmp_path, Keyword(sabotage=0.08))  # its positive rate moves 6 points: no shift alarm
+    plan = RolloutPlan(strategy="bluegreen", step_s=0.0, feedback=False, min_samples=100, post_promotion_s=3600)
+    service.start_rollout(plan)
+    assert service.routing is not None and service.routing.shadow is not None  # green scores in shadow first
+    _drive(service, 100)
+    assert service.status()["champion"] == "2"  # the ops checks saw nothing wrong: switched
+    assert service.status()["shadow"] == "1"  # blue stays loaded, scoring every request
+    _drive(service, 3000, start=100)
+    status = service.status()
+    assert status["champion"] == "1" and status["rollout"]["outcome"] == "rolled_back", status["events"]
+    assert [e["event"] for e in status["events"]] == ["started", "promoted", "rolled_back"]
+    assert status["events"][-1]["reason"].startswith("after promotion")
+    assert "labelled answers" in status["events"][-1]["reason"]

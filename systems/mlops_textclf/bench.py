@@ -1,0 +1,316 @@
+"""Bench sections of the text classifier beyond ingest and quality: the gate's error rates, rollouts under load,
+and the serving ceiling (``mlsd textclf bench --only gate,rollout,serving``).
+
+**Gate correctness.** A model's true quality difference is only known by construction, so the trials build it:
+the deployed TF-IDF model against the same model *sabotaged* on a hash-chosen share ``f`` of texts (its answer
+inverted there, :class:`train.SabotagedClassifier`), with a fresh hash salt per trial. "Better": the clean model
+challenges a sabotaged champion; "worse": the reverse; "equal": two sabotaged copies with different salts (the
+same expected quality). Over ``trials`` salts per ``f`` we report how often the gate promotes, per effect size:
+a power curve, plus the false-promotion rate on equal pairs. The headline rates use ``f`` = 1 %.
+
+**Rollouts under load.** One server (real uvicorn, real broker, the registry), open-loop load at ``rate``
+requests/s with feedback labels one second after each answer, and four rollouts: a canary of a challenger as
+good as the champion (must promote), a canary of a sabotaged one (must roll back on labels), a blue/green of the
+good one, and a blue/green of the sabotaged one with feedback off (ops checks only, what Argo Rollouts or Flagger
+would judge): it is promoted, and only the post-promotion analysis, which does read labels, can roll it back.
+Every run counts failed requests; p99 over a run is compared with a run without rollout.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from systems.mlops_textclf.settings import TextclfSettings
+
+console = Console()
+
+EFFECTS = (0.0025, 0.005, 0.01, 0.02)
+HEADLINE_EFFECT = 0.01
+
+
+class _Memo:
+    """A model's probabilities for known texts, computed once (the trials re-score the same golden rows)."""
+
+    def __init__(self, model: Any, texts: list[str]) -> None:
+        self.classes, self.threshold, self.kind = model.classes, model.threshold, model.kind
+        self.params: dict[str, Any] = {}
+        self._p = dict(zip(texts, model.predict_proba(texts).tolist(), strict=True))
+
+    def predict_proba(self, texts: Any) -> np.ndarray:
+        return np.array([self._p[t] for t in texts])
+
+
+def bench_gate(settings: TextclfSettings, model: Any, *, trials: int = 20) -> dict[str, Any]:
+    """Promotion rates of the gate's McNemar-and-margin rule for truly better, worse and equal challengers."""
+    from systems.mlops_textclf.evaluate import evaluate_frame, evaluate_model
+    from systems.mlops_textclf.gate import gate_checks
+    from systems.mlops_textclf.ingest import load_golden
+    from systems.mlops_textclf.train import SabotagedClassifier
+
+    golden = load_golden(settings)
+    head = model.data_version
+    clean_eval = evaluate_model(model, settings=settings, version=head, golden=golden)
+    memo = _Memo(model, golden["text"].astype(str).tolist())
+
+    def golden_eval(m: Any) -> Any:
+        return evaluate_frame(m, golden, name="golden", scope="fixed golden set")
+
+    def promoted(candidate: Any, champion: Any) -> bool:
+        cand = clean_eval.__class__(
+            golden=golden_eval(candidate),
+            newest=clean_eval.newest,
+            latency=clean_eval.latency,
+            behaviour=clean_eval.behaviour,
+        )
+        checks, _ = gate_checks(cand, golden_eval(champion), settings)
+        return next(c for c in checks if c.name == "beats_champion").passed
+
+    t0 = time.perf_counter()
+    curve = []
+    for f in EFFECTS:
+        better = worse = equal = 0
+        for k in range(trials):
+            sabotaged = SabotagedClassifier(memo, fraction=f, salt=f"trial-{k}:")  # type: ignore[arg-type]
+            other = SabotagedClassifier(memo, fraction=f, salt=f"other-{k}:")  # type: ignore[arg-type]
+            better += promoted(memo, sabotaged)
+            worse += promoted(sabotaged, memo)
+            equal += promoted(other, sabotaged)
+        curve.append(
+            {
+                "effect": f,
+                "better_promoted_rate": better / trials,
+                "worse_promoted_rate": worse / trials,
+                "equal_promoted_rate": equal / trials,
+            }
+        )
+        console.print(f"gate trials f={f:.2%}: better promoted {better}/{trials}, worse {worse}, equal {equal}")
+    head_row = next(r for r in curve if r["effect"] == HEADLINE_EFFECT)
+    return {
+        "trials": trials,
+        "golden_rows": len(golden),
+        "margin": settings.gate_margin,
+        "alpha": settings.gate_alpha,
+        "headline_effect": HEADLINE_EFFECT,
+        "better_promoted_rate": head_row["better_promoted_rate"],
+        "worse_blocked_rate": 1.0 - head_row["worse_promoted_rate"],
+        "equal_promoted_rate": float(np.mean([r["equal_promoted_rate"] for r in curve])),
+        "curve": curve,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _load_row(result: Any) -> dict[str, Any]:
+    return {
+        "offered_rps": result.offered_rps,
+        "achieved_rps": result.achieved_rps,
+        "count": result.count,
+        "errors": result.errors,
+        "latency_ms": result.latency_ms,
+    }
+
+
+def bench_rollout(
+    settings: TextclfSettings, model: Any, *, rate: float = 200.0, duration_s: float = 30.0
+) -> dict[str, Any]:
+    """Four rollouts under open-loop load against one live server; see the module docstring."""
+    import mlflow
+
+    from systems.common import registry
+    from systems.common.bench import http_load, run_async
+    from systems.common.broker import LocalBroker
+    from systems.common.http import ServerProcess
+    from systems.common.proc import free_port
+    from systems.mlops_textclf.gate import promote, run_gate
+    from systems.mlops_textclf.ingest import load_golden
+    from systems.mlops_textclf.traffic import drive_rollout
+    from systems.mlops_textclf.train import SabotagedClassifier, log_candidate
+
+    token = "bench-token"
+    golden = load_golden(settings)
+    texts, labels = golden["text"].astype(str).tolist(), golden["label"].astype(str).tolist()
+    with LocalBroker(free_port(), log_path=settings.data_dir / "broker.log") as broker:
+        live = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap, "admin_token": token})
+        registry.configure(live)
+        if registry.get_alias_version(live.model_name, registry.CHAMPION) is None:
+            gated = run_gate(live, log_candidate(live, model))
+            if not gated.passed:
+                raise RuntimeError(f"the deployed model did not pass its own gate: {gated.reasons}")
+            promote(live)
+        good_run = log_candidate(live, model)
+        bad_run = log_candidate(live, SabotagedClassifier(model, fraction=0.1, salt="bench:"))
+
+        def challenger(run_id: str) -> str:
+            # forced past the gate: the good one is identical to the champion (the gate would call it equal)
+            mv = mlflow.register_model(f"runs:/{run_id}/model", live.model_name)
+            registry.set_alias(live.model_name, registry.CHALLENGER, mv.version)
+            return str(mv.version)
+
+        env = live.to_env() | {"MLSD_DATA_DIR": str(live.data_dir)}
+        scenarios: dict[str, Any] = {}
+        with ServerProcess(
+            "systems.mlops_textclf.serve:create_app", env=env, log_path=live.data_dir / "serve.log"
+        ) as s:
+            steady = run_async(
+                http_load(
+                    s.url + "/predict",
+                    method="POST",
+                    rate=rate,
+                    duration_s=duration_s / 2,
+                    json_body=lambda i: {"text": texts[i % len(texts)], "key": f"user-{i % 5000}"},
+                )
+            )
+            console.print(f"steady state {rate:.0f}/s: p99 {steady.latency_ms.get('p99')} ms, errors {steady.errors}")
+            # a promoted challenger stays champion for the next scenario (it is identical to the first one)
+            quick = {"step_s": 4, "min_samples": 100, "post_promotion_s": 4}
+            plans: dict[str, tuple[dict[str, Any], str, bool]] = {
+                "canary_good": (quick | {"strategy": "canary"}, good_run, True),
+                "canary_bad": (quick | {"strategy": "canary"}, bad_run, True),
+                "bluegreen_good": (quick | {"strategy": "bluegreen"}, good_run, True),
+                "bluegreen_bad_ops_only": (
+                    {
+                        "strategy": "bluegreen",
+                        "step_s": 4,
+                        "feedback": False,
+                        "min_samples": 100,
+                        "post_promotion_s": 30,
+                    },
+                    bad_run,
+                    True,
+                ),
+            }
+            for name, (plan, run_id, wait_post) in plans.items():
+                version = challenger(run_id)
+                run = drive_rollout(
+                    s.url,
+                    live,
+                    texts,
+                    labels,
+                    plan=plan,
+                    token=token,
+                    rate=rate,
+                    duration_s=duration_s,
+                    start_after_s=2.0,
+                    wait_post_promotion=wait_post,
+                )
+                events = run.status.get("events", [])
+                decided = next((e for e in events if e["event"] in ("rolled_back", "promoted")), None)
+                scenarios[name] = {
+                    "challenger_version": version,
+                    "plan": plan,
+                    "outcome": run.outcome or (run.status.get("rollout") or {}).get("phase"),
+                    "reason": (run.status.get("rollout") or {}).get("reason"),
+                    "events": [{k: e[k] for k in ("event", "percent", "reason")} for e in events],
+                    "first_challenger_s": run.first_challenger_s,
+                    "finished_s": run.finished_s,
+                    "challenger_answers": run.arms.get("challenger", 0),
+                    "decision_checks": decided["checks"] if decided else None,
+                    "load": _load_row(run.load),
+                }
+                console.print(
+                    f"{name}: {scenarios[name]['outcome']} · errors {run.load.errors} · "
+                    f"p99 {run.load.latency_ms.get('p99')} ms · {scenarios[name]['reason'] or ''}"
+                )
+        bad = scenarios["canary_bad"]
+        rollback_s = (
+            bad["finished_s"] - bad["first_challenger_s"]
+            if bad["finished_s"] is not None and bad["first_challenger_s"] is not None
+            else None
+        )
+        p99s = [sc["load"]["latency_ms"].get("p99", 0.0) for sc in scenarios.values()]
+        return {
+            "rate": rate,
+            "duration_s": duration_s,
+            "feedback_delay_s": 1.0,
+            "steady": _load_row(steady),
+            "scenarios": scenarios,
+            "failed_requests": int(sum(sc["load"]["errors"] for sc in scenarios.values())),
+            "p99_ratio": round(max(p99s) / max(steady.latency_ms.get("p99", 1e-9), 1e-9), 3),
+            "rollback_s": None if rollback_s is None else round(rollback_s, 2),
+        }
+
+
+def bench_serving(
+    settings: TextclfSettings, model: Any, rates: tuple[float, ...] = (100, 200, 400, 800, 1200)
+) -> dict[str, Any]:
+    """``/predict`` latency per offered rate (champion only, predictions published) and the p99 ≤ 50 ms ceiling."""
+    from systems.common import registry
+    from systems.common.bench import ceiling, http_load, run_async
+    from systems.common.broker import LocalBroker
+    from systems.common.http import ServerProcess
+    from systems.common.proc import free_port
+    from systems.mlops_textclf.gate import promote, run_gate
+    from systems.mlops_textclf.ingest import load_golden
+    from systems.mlops_textclf.train import log_candidate
+
+    texts = load_golden(settings)["text"].astype(str).tolist()
+    with LocalBroker(free_port(), log_path=settings.data_dir / "broker-serving.log") as broker:
+        live = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        registry.configure(live)
+        if registry.get_alias_version(live.model_name, registry.CHAMPION) is None:
+            run_gate(live, log_candidate(live, model))
+            promote(live)
+        env = live.to_env() | {"MLSD_DATA_DIR": str(live.data_dir)}
+        runs = []
+        with ServerProcess("systems.mlops_textclf.serve:create_app", env=env) as s:
+            for rate in rates:
+                r = run_async(
+                    http_load(
+                        s.url + "/predict",
+                        method="POST",
+                        rate=rate,
+                        duration_s=8.0,
+                        json_body=lambda i: {"text": texts[i % len(texts)]},
+                    )
+                )
+                runs.append(r)
+                console.print(f"serving {rate:.0f}/s: achieved {r.achieved_rps}, p99 {r.latency_ms.get('p99')} ms")
+    best = ceiling(runs)
+    ok = best.errors == 0 and best.latency_ms.get("p99", float("inf")) <= 50.0
+    return {
+        "runs": [_load_row(r) for r in runs],
+        "max_rps_p99_50ms": best.offered_rps if ok else None,
+        "p99_ms_at_200": next((r.latency_ms.get("p99") for r in runs if r.offered_rps == 200), None),
+    }
+
+
+def plot(data: dict[str, Any], png: Path) -> None:
+    """Gate power curve, rollout p99 per scenario, serving latency per rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    gate = data.get("gate") or {}
+    if gate.get("curve"):
+        xs = [100 * r["effect"] for r in gate["curve"]]
+        axes[0].plot(xs, [r["better_promoted_rate"] for r in gate["curve"]], marker="o", label="better promoted")
+        axes[0].plot(xs, [r["worse_promoted_rate"] for r in gate["curve"]], marker="o", label="worse promoted")
+        axes[0].plot(xs, [r["equal_promoted_rate"] for r in gate["curve"]], marker="o", label="equal promoted")
+        axes[0].set(xlabel="quality difference (% of texts inverted)", ylabel="share of trials", title="gate")
+        axes[0].legend()
+    rollout = data.get("rollout") or {}
+    if rollout.get("scenarios"):
+        names = ["steady", *rollout["scenarios"]]
+        p99 = [rollout["steady"]["latency_ms"].get("p99", 0)] + [
+            sc["load"]["latency_ms"].get("p99", 0) for sc in rollout["scenarios"].values()
+        ]
+        axes[1].bar(range(len(names)), p99)
+        axes[1].set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        axes[1].set(ylabel="p99 ms (open loop)", title=f"rollouts at {rollout['rate']:.0f} req/s")
+    serving = data.get("serving") or {}
+    if serving.get("runs"):
+        rates = [r["offered_rps"] for r in serving["runs"]]
+        for q in ("p50", "p95", "p99"):
+            axes[2].plot(rates, [r["latency_ms"].get(q) for r in serving["runs"]], marker="o", label=q)
+        axes[2].axhline(50, color="grey", linestyle=":")
+        axes[2].set(xlabel="offered req/s", ylabel="ms", title="/predict latency", yscale="log")
+        axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
