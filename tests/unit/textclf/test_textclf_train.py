@@ -17,6 +17,7 @@ from systems.mlops_textclf.settings import TextclfSettings
 from systems.mlops_textclf.train import (
     EmbeddingConfig,
     SentenceEmbedder,
+    TextClassifier,
     TfidfConfig,
     best_threshold,
     ci_preset,
@@ -236,3 +237,22 @@ def test_cli_train_and_evaluate(ingested: TextclfSettings, monkeypatch: pytest.M
     # the model trained on the first version meets HEAD's newest batch as unseen data
     prior = runner.invoke(app, ["evaluate", old_id.group(1)], env=env)
     assert prior.exit_code == 0 and "unseen batch" in prior.output, prior.output
+
+
+def test_the_direct_single_text_path_equals_the_batch_path(ingested: TextclfSettings) -> None:
+    import pickle
+
+    from systems.mlops_textclf.train import TfidfClassifier, tfidf_default
+
+    store = DatasetStore.of(ingested)
+    head = store.head()
+    assert head is not None
+    # the default preset: word and character n-grams, sublinear tf, the path requests take
+    model, _ = fit_classifier(store.load(head.version_id), tfidf_default(), classes=CLASSES)
+    assert isinstance(model, TfidfClassifier)
+    texts = [*load_golden(ingested)["text"].tolist(), "", "zzz unseen qqq"]
+    batch = TextClassifier.predict_proba(model, texts)  # scikit-learn's sparse path
+    direct = np.array([model.predict_proba([t])[0] for t in texts])  # one text at a time: the direct path
+    np.testing.assert_allclose(direct, batch, rtol=0, atol=1e-12)
+    again = pickle.loads(pickle.dumps(model))  # the cached tables are not pickled, and are rebuilt
+    assert "_direct" not in again.__dict__ and again.predict_proba([texts[0]])[0] == pytest.approx(batch[0], abs=1e-12)
