@@ -104,6 +104,61 @@ def bench_gate(settings: TextclfSettings, model: Any, *, trials: int = 20) -> di
     }
 
 
+def bench_pipeline(base: TextclfSettings, work: Path) -> dict[str, Any]:
+    """Seconds per stage from a batch's arrival to a registered challenger, and a cached re-run (TF-IDF).
+
+    A fresh data dir: batch 1 goes through the pipeline and is promoted (the champion); then batch 2 lands in
+    the inbox and the pipeline runs again (the measured run: ingest → train → gate on the new HEAD); then the
+    same pipeline once more with nothing changed (every stage must be skipped).
+    """
+    import shutil
+
+    from systems.mlops_textclf.gate import promote
+    from systems.mlops_textclf.ingest import load_corpus, make_batches, write_split
+    from systems.mlops_textclf.pipeline import run_pipeline
+
+    settings = TextclfSettings(**(base.model_dump() | {"data_dir": work, "inbox_dir": None}))
+    settings.ensure_dirs()
+    split = make_batches(
+        load_corpus(settings.corpus, base),
+        settings.corpus,
+        golden_fraction=settings.golden_fraction,
+        seed=settings.seed,
+    )
+    write_split(split, settings)
+    later = work / "later"
+    later.mkdir()
+    files = sorted(settings.inbox.glob("*.parquet"))
+    for f in files[1:]:
+        shutil.move(f, later / f.name)
+    first = run_pipeline(settings)
+    if not (first.gate or {}).get("passed"):
+        raise RuntimeError(f"the first model did not pass the gate: {first.gate}")
+    promote(settings, reason="bench: first model")
+    shutil.move(later / files[1].name, settings.inbox / files[1].name)
+    arrival = run_pipeline(settings)
+    cached = [run_pipeline(settings) for _ in range(3)]
+    if any(c.ran for c in cached):
+        raise RuntimeError(f"an unchanged pipeline re-ran stages: {[c.ran for c in cached]}")
+    gate = arrival.gate or {}
+    console.print(
+        f"pipeline after {files[1].name}: {arrival.seconds:.1f} s ("
+        + ", ".join(f"{st.name} {st.seconds:.1f} s" for st in arrival.stages)
+        + f"); gate {'passed' if gate.get('passed') else 'blocked'}; cached re-run "
+        + f"{sorted(c.seconds for c in cached)[1]:.2f} s"
+    )
+    return {
+        "batch": files[1].name,
+        "stages": {st.name: {"ran": st.ran, "seconds": round(st.seconds, 3)} for st in arrival.stages},
+        "arrival_to_challenger_s": round(arrival.seconds, 3),
+        "gate_passed": bool(gate.get("passed")),
+        "gate_reasons": gate.get("reasons", []),
+        "cached_rerun_s": round(sorted(c.seconds for c in cached)[1], 3),
+        "cached_rerun_runs_s": [round(c.seconds, 3) for c in cached],
+        "first_run_s": round(first.seconds, 3),
+    }
+
+
 def _load_row(result: Any) -> dict[str, Any]:
     return {
         "offered_rps": result.offered_rps,

@@ -247,8 +247,8 @@ def bench(
         Path | None, typer.Option(help="JSON report; default: systems/mlops_textclf/bench/mlops_textclf.json")
     ] = None,
     only: Annotated[
-        str, typer.Option(help="comma-separated sections: ingest, quality, gate, rollout, serving")
-    ] = "ingest,quality,gate,rollout,serving",
+        str, typer.Option(help="comma-separated sections: ingest, quality, gate, rollout, serving, pipeline")
+    ] = "ingest,quality,gate,rollout,serving,pipeline",
 ) -> None:
     """The gate per batch, quality per model and data version, gate error rates, rollouts under load, serving."""
     import tempfile
@@ -260,7 +260,7 @@ def bench(
     from systems.mlops_textclf.train import train as do_train
 
     wanted = {s.strip() for s in only.split(",") if s.strip()}
-    unknown = wanted - {"ingest", "quality", "gate", "rollout", "serving"}
+    unknown = wanted - {"ingest", "quality", "gate", "rollout", "serving", "pipeline"}
     if unknown:
         raise MlsdError(f"unknown bench sections {sorted(unknown)}")
     base = _settings()
@@ -282,6 +282,8 @@ def bench(
                 report.section("rollout", sections.bench_rollout(settings, deployed))
             if "serving" in wanted:
                 report.section("serving", sections.bench_serving(settings, deployed))
+        if "pipeline" in wanted:
+            report.section("pipeline", sections.bench_pipeline(base, Path(tmp) / "pipeline"))
     per_batch: list[dict[str, Any]] = [
         {"file": r.name, "outcome": r.outcome, "rows": r.rows, "admit_s": round(s, 3), "rows_per_s": round(r.rows / s)}
         for r, s in zip(results, seconds, strict=True)
