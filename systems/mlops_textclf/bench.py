@@ -253,7 +253,13 @@ def bench_rollout(
                     wait_post_promotion=wait_post,
                 )
                 events = run.status.get("events", [])
+                starts = [i for i, e in enumerate(events) if e["event"] == "started"]
+                events = events[starts[-1] :] if starts else events  # this rollout's events only
                 decided = next((e for e in events if e["event"] in ("rolled_back", "promoted")), None)
+                evidence = next((e for e in events if e["event"] == "min_samples"), None)
+                after_min = (
+                    (decided["ts_ms"] - evidence["ts_ms"]) / 1000.0 if decided is not None and evidence else None
+                )
                 scenarios[name] = {
                     "challenger_version": version,
                     "plan": plan,
@@ -264,6 +270,7 @@ def bench_rollout(
                     "finished_s": run.finished_s,
                     "challenger_answers": run.arms.get("challenger", 0),
                     "decision_checks": decided["checks"] if decided else None,
+                    "decided_after_min_samples_s": None if after_min is None else round(after_min, 2),
                     "load": _load_row(run.load),
                 }
                 console.print(
@@ -286,11 +293,12 @@ def bench_rollout(
             "failed_requests": int(sum(sc["load"]["errors"] for sc in scenarios.values())),
             "p99_ratio": round(max(p99s) / max(steady.latency_ms.get("p99", 1e-9), 1e-9), 3),
             "rollback_s": None if rollback_s is None else round(rollback_s, 2),
+            "rollback_after_min_samples_s": bad["decided_after_min_samples_s"],
         }
 
 
 def bench_serving(
-    settings: TextclfSettings, model: Any, rates: tuple[float, ...] = (100, 200, 400, 800, 1200)
+    settings: TextclfSettings, model: Any, rates: tuple[float, ...] = (100, 200, 300, 400, 500, 600, 800)
 ) -> dict[str, Any]:
     """``/predict`` latency per offered rate (champion only, predictions published) and the p99 ≤ 50 ms ceiling."""
     from systems.common import registry

@@ -103,6 +103,7 @@ class TextclfService:
         self.state: RolloutState | None = None
         self.previous: Loaded | None = None
         self._candidate: Loaded | None = None
+        self._evidence = False
         self.stats: dict[str, ArmStats] = {}
         self.events: list[dict[str, Any]] = []
         self.pending: OrderedDict[str, list[tuple[str, str]]] = OrderedDict()
@@ -311,6 +312,7 @@ class TextclfService:
         else:
             self.routing = Routing(champion=routing.champion, shadow=challenger)
         self._candidate = challenger
+        self._evidence = False
         self.state = state
         self._event("started", f"{plan.strategy} of v{challenger.version} against v{routing.champion.version}")
         return self.status()
@@ -363,6 +365,11 @@ class TextclfService:
             return verdict
         candidate = self._candidate
         assert candidate is not None
+        with self.lock:
+            labelled = min(self._stats(routing.champion.version).labelled, self._stats(candidate.version).labelled)
+        if state.plan.feedback and labelled >= state.plan.min_samples and not self._evidence:
+            self._evidence = True  # from here the quality test may decide: the clock of "time to rollback"
+            self._event("min_samples", f"{labelled} labelled answers per model: the quality test may decide")
         with self.lock:
             verdict = analyse(
                 state.plan,

@@ -197,7 +197,7 @@ def test_a_good_canary_advances_every_step_is_promoted_and_the_old_model_shadows
     service.start_rollout(RolloutPlan(steps=[25, 50, 100], step_s=0.0, min_samples=100, post_promotion_s=3600))
     _drive(service, 4000)
     status = service.status()
-    assert [e["event"] for e in status["events"]] == ["started", "advanced", "advanced", "promoted"]
+    assert [e["event"] for e in status["events"]] == ["started", "min_samples", "advanced", "advanced", "promoted"]
     assert status["champion"] == "2" and status["shadow"] == "1" and status["rollout"]["phase"] == "post_promotion"
     # post-promotion: the shadowing previous model keeps being compared; an operator rollback is instant
     service.admin_rollback()
