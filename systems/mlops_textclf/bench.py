@@ -159,6 +159,21 @@ def bench_pipeline(base: TextclfSettings, work: Path) -> dict[str, Any]:
     }
 
 
+def pipeline_totals(pipeline: dict[str, Any], rollout: dict[str, Any] | None) -> dict[str, Any]:
+    """Arrival → promoted: the pipeline's arrival → challenger plus the good canary's start → promotion."""
+    canary = ((rollout or {}).get("scenarios") or {}).get("canary_good") or {}
+    promoted = next((e for e in canary.get("events", []) if e["event"] == "promoted"), None)
+    if not promoted or canary.get("finished_s") is None:
+        return {}
+    # finished_s is when the post-promotion phase ended; the promotion itself is the event's time
+    started = next(e for e in canary["events"] if e["event"] == "started")
+    canary_s = (promoted["ts_ms"] - started["ts_ms"]) / 1000.0
+    return {
+        "canary_to_promoted_s": round(canary_s, 2),
+        "end_to_end_s": round(pipeline["arrival_to_challenger_s"] + canary_s, 2),
+    }
+
+
 def _load_row(result: Any) -> dict[str, Any]:
     return {
         "offered_rps": result.offered_rps,
@@ -265,7 +280,7 @@ def bench_rollout(
                     "plan": plan,
                     "outcome": run.outcome or (run.status.get("rollout") or {}).get("phase"),
                     "reason": (run.status.get("rollout") or {}).get("reason"),
-                    "events": [{k: e[k] for k in ("event", "percent", "reason")} for e in events],
+                    "events": [{k: e[k] for k in ("ts_ms", "event", "percent", "reason")} for e in events],
                     "first_challenger_s": run.first_challenger_s,
                     "finished_s": run.finished_s,
                     "challenger_answers": run.arms.get("challenger", 0),

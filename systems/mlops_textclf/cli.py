@@ -283,7 +283,8 @@ def bench(
             if "serving" in wanted:
                 report.section("serving", sections.bench_serving(settings, deployed))
         if "pipeline" in wanted:
-            report.section("pipeline", sections.bench_pipeline(base, Path(tmp) / "pipeline"))
+            measured = sections.bench_pipeline(base, Path(tmp) / "pipeline")
+            report.section("pipeline", measured | sections.pipeline_totals(measured, report.get("rollout")))
     per_batch: list[dict[str, Any]] = [
         {"file": r.name, "outcome": r.outcome, "rows": r.rows, "admit_s": round(s, 3), "rows_per_s": round(r.rows / s)}
         for r, s in zip(results, seconds, strict=True)

@@ -8,9 +8,11 @@ so a rollback is a pointer swap in memory, then one registry write. The route a 
 :class:`Routing` object the controller replaces whole: a request never sees half a switch.
 
 Every answer is a prediction record (``systems.common.predictions``) on the ``predictions`` topic for monitoring,
-shadow answers too (id suffixed ``:shadow``, ``output.served = false``). Feedback labels (``LabelRecord`` by
-``prediction_id``) are consumed from ``textclf.feedback`` and joined to the remembered predictions of each model
-version: the quality evidence of :func:`rollout.analyse`. Labels that do not parse go to the dead-letter topic.
+shadow answers too (id suffixed ``:shadow``, ``output.served = false``); ``output`` follows the shared binary
+convention (``score`` = P(positive), ``decision``, ``threshold``), so monitoring needs no text-specific code.
+Feedback labels (``LabelRecord`` by ``prediction_id``) are consumed from ``textclf.feedback`` and joined to the
+remembered predictions of each model version: the quality evidence of :func:`rollout.analyse`. Labels that do
+not parse go to the dead-letter topic.
 
 A challenger that raises never fails a request: the champion answers instead and the error counts against the
 challenger (its error-rate check rolls it back). Admin endpoints (``/admin/rollout``, ``/admin/promote``,
@@ -248,7 +250,8 @@ class TextclfService:
             entity_key=key,
             event_ts_ms=int(time.time() * 1000),
             features={"text_chars": len(text), "text_words": len(text.split())},
-            output={"probability": p, "label": loaded.label(p), "served": served},
+            # the shared record's binary convention (monitoring's OutputSpec): score, decision, threshold
+            output={"score": p, "decision": loaded.label(p), "threshold": loaded.model.threshold, "served": served},
             latency_ms=latency_ms,
         )
 
