@@ -32,15 +32,13 @@ import pandas as pd
 from systems.common.broker import (
     Consumer,
     Record,
-    TopicSpec,
-    create_topics,
-    dead_letter_topic,
     make_consumer,
     make_producer,
     run_consumer_loop,
 )
 from systems.common.errors import MlsdError
 from systems.common.predictions import RetrainRequest
+from systems.common.retrain import retrain_consumer, screen_request
 from systems.fraud.evaluate import evaluate_scores
 from systems.fraud.features import FEATURES, SECONDS_PER_DAY
 from systems.fraud.schemas import Chargeback
@@ -218,10 +216,6 @@ def retrain(
 
 RetrainStatus = Literal["retrained", "duplicate", "ignored", "failed", "deferred"]
 
-RETRAIN_MAX_POLL_INTERVAL_MS = 60 * 60 * 1000
-"""A retrain runs inside the handler, between two polls; at handbook scale it can take minutes (XGBoost +
-SMOTE ~150 s here), past the clients' 5-minute default after which the member is dropped from its group."""
-
 
 @dataclass(frozen=True)
 class RetrainOutcome:
@@ -285,21 +279,9 @@ def run_retrain_listener(
     """
     from systems.common import registry
 
-    # The at-most-once check reads the registry before anything registers (which would configure it): without
-    # this, a fresh process asks MLflow's default registry (./mlflow.db), finds no tag, and retrains again.
-    registry.configure(settings)
-    topic = settings.retrain_requests_topic
-    # Requests are rare and a retrain is long: one partition, and small batches so a commit follows soon.
-    create_topics(settings, [TopicSpec(topic, 1), TopicSpec(dead_letter_topic(topic), 1)])
-    poll_override: dict[str, Any] = (
-        {"max.poll.interval.ms": RETRAIN_MAX_POLL_INTERVAL_MS}
-        if settings.kafka_client == "confluent"
-        else {"max_poll_interval_ms": RETRAIN_MAX_POLL_INTERVAL_MS}
-    )
-    consumer: Consumer = make_consumer(
-        settings, [topic], group_id or f"{settings.group_id}-retrain-listener", **poll_override
-    )
-    producer = make_producer(settings)
+    # registry configured, topics created, a long poll interval (common.retrain); small batches so a commit
+    # follows each retrain soon
+    consumer, producer = retrain_consumer(settings, group_id or f"{settings.group_id}-retrain-listener")
     kwargs = dict(retrain_kwargs or {})
     done: set[str] = set()  # request ids known to have a tagged version (this process)
     outcomes: list[RetrainOutcome] = []
@@ -318,14 +300,10 @@ def run_retrain_listener(
 
     def act(request: RetrainRequest) -> RetrainOutcome:
         rid, iid = request.request_id, request.incident_id
-        if request.system != SYSTEM or request.model_name != settings.model_name:
-            return RetrainOutcome(rid, iid, "ignored", detail=f"for {request.system}/{request.model_name}")
-        if rid in done:
-            return RetrainOutcome(rid, iid, "duplicate", detail="already handled by this listener")
-        existing = registry.versions_tagged(settings.model_name, registry.RETRAIN_REQUEST_TAG, rid)
-        if existing:
-            done.add(rid)
-            return RetrainOutcome(rid, iid, "duplicate", version=existing[-1], detail="a version carries its tag")
+        screened = screen_request(request, system=SYSTEM, model_name=settings.model_name, done=done)
+        if screened is not None:
+            status, version, why = screened
+            return RetrainOutcome(rid, iid, status, version=version, detail=why)
         tags = {registry.RETRAIN_REQUEST_TAG: rid, registry.RETRAIN_INCIDENT_TAG: iid}
         change = request.evidence.get("change_ts_ms")
         since_s = int(change) // 1000 if isinstance(change, int | float) and not isinstance(change, bool) else None

@@ -429,7 +429,7 @@ def _print_evaluation(evaluation: Any) -> None:
             console.print(f"  - {f}", highlight=False)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` atomically (a pipeline stage's output is never half-written)."""
     import json
 
@@ -479,7 +479,7 @@ def train(
         f"threshold {result.model.threshold:.3f} · trained in {m['train_s']:.1f} s"
     )
     if out is not None:
-        _write_json(out, {"run_id": result.run_id, "version_id": result.version_id, "kind": config.kind, "metrics": m})
+        write_json(out, {"run_id": result.run_id, "version_id": result.version_id, "kind": config.kind, "metrics": m})
 
 
 @app.command()
@@ -542,7 +542,7 @@ def gate(
     verdict = "[green]passed[/]: alias challenger" if result.passed else "[red]blocked[/]"
     console.print(f"version {result.registered_version} {verdict} · {result.seconds:.1f} s")
     if out is not None:
-        _write_json(out, result.as_dict())
+        write_json(out, result.as_dict())
 
 
 @app.command()
@@ -585,7 +585,7 @@ def pipeline(
     def show(result: PipelineResult) -> None:
         console.print(stages_table(result))
         if out is not None:
-            _write_json(out, result.as_dict())
+            write_json(out, result.as_dict())
 
     if not watch:
         if every_s is not None or listen:

@@ -159,21 +159,16 @@ def gate_checks(
 # ------------------------------------------------------------------------------------------- registry
 
 
-def _load_alias(settings: TextclfSettings, alias: str) -> tuple[Any, str] | None:
+def load_alias(settings: TextclfSettings, alias: str) -> tuple[Any, str] | None:
     """The classifier an alias of the registered model points at, and its version; None if the alias is unset."""
     import mlflow
 
+    registry.configure(settings)
     version = registry.get_alias_version(settings.model_name, alias)
     if version is None:
         return None
     wrapped = mlflow.pyfunc.load_model(registry.model_uri(settings.model_name, alias)).unwrap_python_model()
     return wrapped.classifier, version
-
-
-def load_alias(settings: TextclfSettings, alias: str) -> tuple[Any, str] | None:
-    """Public form of :func:`_load_alias` for serving: configures the registry first."""
-    registry.configure(settings)
-    return _load_alias(settings, alias)
 
 
 def run_gate(
@@ -213,7 +208,7 @@ def run_gate(
     golden = load_golden(settings)
     model, tags = load_run_model(run_id, settings)
     candidate = evaluate_model(model, settings=settings, version=scored_version, golden=golden)
-    loaded = _load_alias(settings, registry.CHAMPION)
+    loaded = load_alias(settings, registry.CHAMPION)
     champion: ModelEvaluation | None = None
     if loaded is not None:
         champion_model, champion_version = loaded

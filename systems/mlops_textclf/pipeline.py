@@ -508,10 +508,6 @@ def watch(
 
 RetrainStatus = Literal["retrained", "duplicate", "ignored", "failed"]
 
-RETRAIN_MAX_POLL_INTERVAL_MS = 60 * 60 * 1000
-"""A retrain runs inside the handler, between two polls; with the default preset it can take minutes, past the
-clients' 5-minute default after which the member is dropped from its group."""
-
 
 @dataclass(frozen=True)
 class RetrainOutcome:
@@ -561,44 +557,20 @@ def run_retrain_listener(
     Known gap (as in fraud): a crash after train and before the gate leaves an MLflow run without a version;
     the re-delivered request then trains again (one more run, still one tagged version).
     """
-    from systems.common import registry
-    from systems.common.broker import (
-        Consumer,
-        Record,
-        TopicSpec,
-        create_topics,
-        dead_letter_topic,
-        make_consumer,
-        make_producer,
-        run_consumer_loop,
-    )
+    from systems.common.broker import Record, run_consumer_loop
     from systems.common.predictions import RetrainRequest
+    from systems.common.retrain import retrain_consumer, screen_request
 
-    # before the first registry query: a fresh process would otherwise ask MLflow's default (./mlflow.db)
-    registry.configure(settings)
-    topic = settings.retrain_requests_topic
-    create_topics(settings, [TopicSpec(topic, 1), TopicSpec(dead_letter_topic(topic), 1)])
-    poll_override: dict[str, Any] = (
-        {"max.poll.interval.ms": RETRAIN_MAX_POLL_INTERVAL_MS}
-        if settings.kafka_client == "confluent"
-        else {"max_poll_interval_ms": RETRAIN_MAX_POLL_INTERVAL_MS}
-    )
-    group = group_id or f"textclf-pipeline-{settings.model_name}"
-    consumer: Consumer = make_consumer(settings, [topic], group, **poll_override)
-    producer = make_producer(settings)
+    consumer, producer = retrain_consumer(settings, group_id or f"textclf-pipeline-{settings.model_name}")
     done: set[str] = set()
     outcomes: list[RetrainOutcome] = []
 
     def act(request: RetrainRequest) -> RetrainOutcome:
         rid, iid = request.request_id, request.incident_id
-        if request.system != SYSTEM or request.model_name != settings.model_name:
-            return RetrainOutcome(rid, iid, "ignored", detail=f"for {request.system}/{request.model_name}")
-        if rid in done:
-            return RetrainOutcome(rid, iid, "duplicate", detail="already handled by this listener")
-        existing = registry.versions_tagged(settings.model_name, registry.RETRAIN_REQUEST_TAG, rid)
-        if existing:
-            done.add(rid)
-            return RetrainOutcome(rid, iid, "duplicate", version=existing[-1], detail="a version carries its tag")
+        screened = screen_request(request, system=SYSTEM, model_name=settings.model_name, done=done)
+        if screened is not None:
+            status, version, why = screened
+            return RetrainOutcome(rid, iid, status, version=version, detail=why)
         try:
             result = run(settings, model=model, preset=preset, request_id=rid, trigger="request")
         except PipelineError as exc:
@@ -645,6 +617,7 @@ def _mlsd(argv: list[str]) -> None:
 
 def run_stage(name: str, root: Path) -> None:
     """One stage's command, run by DVC in the pipeline folder ``root`` with the settings in the environment."""
+    from systems.mlops_textclf.cli import write_json
     from systems.mlops_textclf.ingest import DatasetStore
 
     if "MLSD_TEXTCLF_DATA_DIR" not in os.environ:
@@ -664,7 +637,7 @@ def run_stage(name: str, root: Path) -> None:
                 "rows": head.rows,
                 "batches": [b.name for b in head.batches],
             }
-        _write_json(root / HEAD_FILE, summary)
+        write_json(root / HEAD_FILE, summary)
     elif name == "train":
         params = yaml.safe_load((root / "params.yaml").read_text())["train"]
         version = json.loads((root / HEAD_FILE).read_text()).get("version_id")
@@ -678,12 +651,6 @@ def run_stage(name: str, root: Path) -> None:
         _mlsd(["textclf", "gate", run_id, "--out", GATE_FILE, *(["--request-id", request] if request else [])])
     else:
         raise PipelineError(f"unknown stage {name!r}; the stages are {', '.join(STAGES)}")
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
 
 
 def main(argv: list[str] | None = None) -> None:

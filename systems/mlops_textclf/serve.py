@@ -369,18 +369,18 @@ class TextclfService:
         candidate = self._candidate
         assert candidate is not None
         with self.lock:
-            labelled = min(self._stats(routing.champion.version).labelled, self._stats(candidate.version).labelled)
-        if state.plan.feedback and labelled >= state.plan.min_samples and not self._evidence:
-            self._evidence = True  # from here the quality test may decide: the clock of "time to rollback"
-            self._event("min_samples", f"{labelled} labelled answers per model: the quality test may decide")
-        with self.lock:
+            champion, challenger = self._stats(routing.champion.version), self._stats(candidate.version)
+            labelled = min(champion.labelled, challenger.labelled)
             verdict = analyse(
                 state.plan,
-                self._stats(routing.champion.version),
-                self._stats(candidate.version),
+                champion,
+                challenger,
                 step_elapsed_s=now - state.step_started,
                 final=state.phase == "shadow" or state.step == len(state.plan.steps) - 1,
             )
+        if state.plan.feedback and labelled >= state.plan.min_samples and not self._evidence:
+            self._evidence = True  # from here the quality test may decide: the clock of "time to rollback"
+            self._event("min_samples", f"{labelled} labelled answers per model: the quality test may decide")
         if verdict.decision == "rollback":
             self.routing = Routing(champion=routing.champion)
             self.state = RolloutState(

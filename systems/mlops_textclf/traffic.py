@@ -81,7 +81,6 @@ class RolloutRun:
     finished_s: float | None = None
     """... when the rollout reached its outcome."""
     arms: dict[str, int] = field(default_factory=dict)
-    latency_before_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def outcome(self) -> str | None:
