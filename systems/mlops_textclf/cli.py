@@ -121,11 +121,26 @@ def _results_table(results: list[AdmitResult]) -> Table:
 @app.command()
 def ingest(
     limit: Annotated[int | None, typer.Option(help="process at most this many inbox files (name order)")] = None,
+    from_topic: Annotated[
+        bool, typer.Option(help="instead: cut MLSD_TEXTCLF_LABELED_TOPIC into inbox batch files, until Ctrl-C")
+    ] = False,
+    publish: Annotated[
+        Path | None, typer.Option(help="instead: send this batch file's rows to the labelled topic, one each")
+    ] = None,
 ) -> None:
     """Every inbox file through the gate: accepted into a new dataset version, or quarantined with a report."""
     from systems.mlops_textclf.validate import admit_inbox, inbox_files
 
     settings = _settings()
+    if publish is not None:
+        from systems.mlops_textclf.ingest import publish_labeled, read_batch
+
+        sent = publish_labeled(settings, read_batch(publish))
+        console.print(f"sent {sent:,} examples to {settings.labeled_topic}")
+        return
+    if from_topic:
+        _collect(settings)
+        return
     ignored = [p.name for p in settings.inbox.iterdir() if p.is_file() and p not in inbox_files(settings)]
     if ignored:
         console.print(f"[yellow]ignored (not .parquet/.csv):[/] {', '.join(ignored)}")
@@ -138,6 +153,28 @@ def ingest(
         if r.outcome == "quarantined":
             console.print(r.report.summary(), highlight=False)
             console.print(f"  report: {r.path}.report.txt · fix it, then `mlsd textclf resubmit {r.path.name}`")
+
+
+def _collect(settings: TextclfSettings) -> None:
+    import signal
+    import threading
+
+    from systems.mlops_textclf.ingest import collect_labeled
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print(
+        f"collecting {settings.labeled_topic} into {settings.inbox} (a file per {settings.collect_batch_rows} "
+        f"examples or {settings.collect_batch_s:g} s) · Ctrl-C stops"
+    )
+    try:
+        stats = collect_labeled(settings, stop)
+    except KeyboardInterrupt:
+        return
+    console.print(
+        f"{len(stats.files)} file(s), {stats.examples:,} examples, {stats.dead_letters:,} dead letter(s), "
+        f"{stats.skipped:,} already in a file"
+    )
 
 
 @app.command()
@@ -546,11 +583,23 @@ def gate(
 
 
 @app.command()
-def promote() -> None:
+def promote(
+    first: Annotated[
+        bool, typer.Option(help="only if there is no champion yet (a deployment's first model); else do nothing")
+    ] = False,
+) -> None:
     """Move champion to the challenger (the old champion stays as previous), without an online rollout."""
+    from systems.common import registry
     from systems.mlops_textclf.gate import promote as do_promote
 
-    new, old = do_promote(_settings(), reason="mlsd textclf promote")
+    settings = _settings()
+    if first:
+        registry.configure(settings)
+        current = registry.get_alias_version(settings.model_name, registry.CHAMPION)
+        if current is not None:
+            console.print(f"champion v{current} already serves: nothing to do (--first)")
+            return
+    new, old = do_promote(settings, reason="mlsd textclf promote" + (" --first" if first else ""))
     console.print(f"[green]✓[/] champion v{new}" + (f" (previous v{old})" if old else ""))
 
 

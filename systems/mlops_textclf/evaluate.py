@@ -33,15 +33,27 @@ functionality*: obvious positive and negative sentences must be right. *Invarian
 flip the label. *Directional*: negating a clearly positive review must lower P(positive) (flipping it is
 reported too). The sentences are the small data lists below; :func:`behavioural_tests` returns pass/fail per
 kind with every failing case, for the gate to refuse a model that is accurate for the wrong reasons.
+
+**Scores are kept** (:class:`ScoreCache`). A fitted model never changes, so its P(positive) on a list of texts
+is computed once: the training run scores the golden set and the newest batch, and the gate, which evaluates
+the same model on the same rows (and the champion on the golden set it was scored on when it was gated), reads
+them back instead of featurising thousands of texts again (in the pipeline that is most of the gate's time).
+The key is the model's ``fingerprint`` (a random id given when it is trained, pickled with it) and the sha256 of
+the texts; every hit is checked by scoring a spread of its rows again, which must agree to 1e-9, and is
+recomputed if not (a model whose code changed under it). Models without a fingerprint are always scored.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
+import os
 import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -50,6 +62,8 @@ import pandas as pd
 from systems.common.errors import MlsdError
 from systems.mlops_textclf.ingest import DatasetStore, load_golden
 from systems.mlops_textclf.settings import TextclfSettings
+
+log = logging.getLogger(__name__)
 
 ECE_BINS = 10
 MIN_SLICE_ROWS = 30
@@ -161,13 +175,66 @@ class SetEvaluation:
         return {"name": self.name, "scope": self.scope, "metrics": self.metrics, "slices": self.slices}
 
 
+class ScoreCache:
+    """P(positive) of a fingerprinted model on a list of texts, kept as ``<root>/<key>.npy`` (see the module doc)."""
+
+    MIN_ROWS = 64
+    """Fewer texts are scored directly: cheaper than a file."""
+    SPOT_ROWS = 16
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.hits = 0
+
+    @classmethod
+    def of(cls, settings: TextclfSettings) -> ScoreCache:
+        return cls(settings.textclf_dir / "scores")
+
+    @staticmethod
+    def key(fingerprint: str, texts: Sequence[str]) -> str:
+        digest = hashlib.sha256(fingerprint.encode())
+        for text in texts:
+            raw = text.encode()
+            digest.update(len(raw).to_bytes(8, "little"))
+            digest.update(raw)
+        return digest.hexdigest()
+
+    def predict_proba(self, model: TextModel, texts: Sequence[str]) -> np.ndarray:
+        fingerprint = getattr(model, "fingerprint", None)
+        if not fingerprint or len(texts) < self.MIN_ROWS:
+            return model.predict_proba(texts)
+        path = self.root / f"{self.key(fingerprint, texts)}.npy"
+        if path.exists():
+            cached = np.load(path)
+            spot = np.unique(np.linspace(0, len(texts) - 1, self.SPOT_ROWS).astype(np.int64))
+            if cached.shape == (len(texts),):
+                fresh = model.predict_proba([texts[i] for i in spot])
+                if np.allclose(fresh, cached[spot], rtol=0.0, atol=1e-9):
+                    self.hits += 1
+                    return cached
+            log.warning("kept scores %s disagree with the model: scoring again", path.name)
+        proba = np.asarray(model.predict_proba(texts), dtype=np.float64)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
+        np.save(tmp, proba)
+        os.replace(tmp, path)
+        return proba
+
+
 def evaluate_frame(
-    model: TextModel, frame: pd.DataFrame, *, name: str, scope: str = "", min_slice_rows: int = MIN_SLICE_ROWS
+    model: TextModel,
+    frame: pd.DataFrame,
+    *,
+    name: str,
+    scope: str = "",
+    min_slice_rows: int = MIN_SLICE_ROWS,
+    cache: ScoreCache | None = None,
 ) -> SetEvaluation:
     """Metrics of ``model`` on rows ``(example_id, text, label, slice)``; the positive class is ``classes[1]``."""
     if frame.empty:
         raise MlsdError(f"nothing to evaluate in {name}: it has no rows")
-    proba = model.predict_proba(frame["text"].astype(str).tolist())
+    texts = frame["text"].astype(str).tolist()
+    proba = cache.predict_proba(model, texts) if cache is not None else model.predict_proba(texts)
     y = (frame["label"] == model.classes[1]).to_numpy()
     return SetEvaluation(
         name=name,
@@ -238,9 +305,14 @@ def evaluate_model(
 ) -> ModelEvaluation:
     """The golden set, the newest batch of ``version``, behaviour and latency of one model."""
     golden = load_golden(settings) if golden is None else golden
-    g = evaluate_frame(model, golden, name="golden", scope="fixed golden set", min_slice_rows=min_slice_rows)
+    cache = ScoreCache.of(settings)
+    g = evaluate_frame(
+        model, golden, name="golden", scope="fixed golden set", min_slice_rows=min_slice_rows, cache=cache
+    )
     rows, batch, scope = newest_batch(model, settings, version)
-    n = evaluate_frame(model, rows, name=f"newest batch {batch}", scope=scope, min_slice_rows=min_slice_rows)
+    n = evaluate_frame(
+        model, rows, name=f"newest batch {batch}", scope=scope, min_slice_rows=min_slice_rows, cache=cache
+    )
     serving = model.serving() if hasattr(model, "serving") else model
     latency = measure_latency(serving, golden["text"].astype(str).tolist()[:latency_rows])
     return ModelEvaluation(golden=g, newest=n, latency=latency, behaviour=behavioural_tests(model))

@@ -109,10 +109,11 @@ def gate_checks(
     reference: SetEvaluation,
     settings: TextclfSettings,
     *,
-    champion: ModelEvaluation | None = None,
+    champion: SetEvaluation | None = None,
 ) -> tuple[list[Check], McNemarResult]:
-    """Every check of the gate. ``reference`` is the champion's golden evaluation, or the majority baseline's
-    when there is no champion (then ``champion`` is None and the slice check has nothing to compare with)."""
+    """Every check of the gate. ``reference`` is the champion's golden evaluation (``champion``), or the majority
+    baseline's when there is no champion (then ``champion`` is None and the slice check has nothing to compare
+    with)."""
     checks: list[Check] = []
     if settings.corpus.behavioural_suite:
         report = candidate.behaviour
@@ -132,7 +133,7 @@ def gate_checks(
         drops = [
             (float(theirs["accuracy"]) - float(mine["accuracy"]), name)
             for name, mine in candidate.golden.slices.items()
-            if (theirs := champion.golden.slices.get(name)) and not mine.get("too_few") and not theirs.get("too_few")
+            if (theirs := champion.slices.get(name)) and not mine.get("too_few") and not theirs.get("too_few")
         ]
         drop, where = max(drops, default=(0.0, "-"))
         checks.append(
@@ -187,7 +188,7 @@ def run_gate(
     import mlflow
     from mlflow import MlflowClient
 
-    from systems.mlops_textclf.evaluate import evaluate_frame
+    from systems.mlops_textclf.evaluate import ScoreCache, evaluate_frame
     from systems.mlops_textclf.train import DATA_VERSION_TAG, load_run_model
 
     t0 = time.perf_counter()
@@ -209,11 +210,13 @@ def run_gate(
     model, tags = load_run_model(run_id, settings)
     candidate = evaluate_model(model, settings=settings, version=scored_version, golden=golden)
     loaded = load_alias(settings, registry.CHAMPION)
-    champion: ModelEvaluation | None = None
-    if loaded is not None:
+    champion: SetEvaluation | None = None
+    if loaded is not None:  # the gate reads the champion's golden-set rows only: its errors pair with the candidate's
         champion_model, champion_version = loaded
-        champion = evaluate_model(champion_model, settings=settings, version=scored_version, golden=golden)
-        reference = champion.golden
+        champion = evaluate_frame(
+            champion_model, golden, name="golden", scope="fixed golden set", cache=ScoreCache.of(settings)
+        )
+        reference = champion
     else:
         champion_version = None
         share = float((golden["label"] == model.classes[1]).mean())

@@ -2,6 +2,7 @@
 
     corpus ──to_examples──▶ examples ──make_batches──▶ golden test set (fixed) + batch 01, 02, … (domain shift)
     inbox/NAME.parquet ──(validate.admit: the gate)──▶ DatasetStore.append ──▶ version v_k = v_{k-1} + batch
+    textclf.labeled ──collect_labeled──▶ inbox/t-<topic>-p<P>-<first>-<last>.parquet (then as above)
 
 **The task.** The default corpus (Women's E-Commerce Clothing Reviews) becomes binary sentiment: rating 4–5 is
 ``positive``, 1–2 ``negative``, and rating 3 is excluded. A 3 is the ambiguous middle (the reviewer neither clearly
@@ -36,14 +37,21 @@ accepted batch is written once as ``objects/<batch digest>.parquet``, and a vers
 golden set's digest, validation warnings, created time) that lists its objects; nothing is ever rewritten, and
 :func:`load_version` re-hashes what it reads, so a tampered or truncated object is an error, not a silent change.
 
-**Why not MLflow's digest or DVC.** ``mlflow.data.from_pandas(df).digest`` is an 8-hex-digit md5 over the first
-10,000 rows (plus the row count and column names): two versions that differ after row 10,000 collide, and 32 bits
-is not an identity. So the id is our sha256, and :func:`to_mlflow_dataset` hands MLflow a dataset *carrying* it, so
-that ``mlflow.log_input`` in the training stage records the exact version a model was trained on. DVC (3.67) would
-install beside our pins, but it brings ~40 packages (celery, hydra, pygit2 …) to version files inside a git work
-tree and push them to remotes; here the data lives in the git-ignored data dir, versions are created by the
-pipeline rather than by commits, and the content-addressed store above is one small class. DVC is the tool to add
-when the versions must be shared through a remote.
+**MLflow and DVC.** The version id is ours; the tools record it. ``mlflow.data.from_pandas(df).digest`` is an
+8-hex-digit md5 over the first 10,000 rows (plus the row count and column names): two versions that differ after
+row 10,000 collide, and 32 bits is not an identity. So :func:`to_mlflow_dataset` hands MLflow a dataset
+*carrying* our sha256, and ``mlflow.log_input`` in the training stage records the exact version each model was
+trained on (MLflow's dataset tracking, with a digest that is an identity). DVC runs the pipeline
+(``pipeline.py``), and its ``dvc.lock`` records the content hashes of the manifests each ingest saw and of the
+``head.json`` each training run consumed. The store itself is not ``dvc add``: DVC versions data through a git
+work tree (a version is a commit of a ``.dvc`` file), while here versions are made by the pipeline, possibly many
+a day, in a data dir that is not a git repository. Objects by content hash plus a manifest per version is DVC's
+own storage model without the git half; ``dvc push`` of ``objects/`` is what to add to share versions through a
+remote.
+
+**From a topic.** Examples can also arrive one at a time on ``textclf.labeled`` (:func:`collect_labeled`, ``mlsd
+textclf ingest --from-topic``): they are cut into batch files in the inbox and meet the same gate (see the
+section at the end of this module).
 
 One writer at a time: ``append`` is atomic per file (write, then rename) but takes no lock.
 """
@@ -52,9 +60,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import time
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -64,7 +74,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from systems.common.errors import MlsdError
 from systems.mlops_textclf.settings import REST, CorpusConfig, TextclfSettings
@@ -75,6 +85,8 @@ ROWS_FORMAT = "mlsd.textclf.rows/1"
 """Named in the first line of the canonical serialisation: a new format gives new digests, never silently."""
 BATCH_SUFFIXES = (".parquet", ".csv")
 MISSING_SLICE = "(missing)"
+log = logging.getLogger(__name__)
+
 BROKEN_NAME = "00-broken.parquet"
 """The broken batch sorts first: it is rejected on the golden set and the contract alone, before any version."""
 
@@ -655,3 +667,192 @@ def move_file(path: Path, folder: Path) -> Path:
         k += 1
     shutil.move(str(path), str(target))
     return target
+
+
+# ------------------------------------------------------------------------- labelled examples from a topic
+#
+#   textclf.labeled ──collect_labeled──▶ inbox/t-<topic>-p<P>-<first>-<last>.parquet ──▶ the gate, as any file
+#                   └─ invalid message ──▶ textclf.labeled.dlq (the reason)
+#
+# A stream of single examples (a labelling tool, a feedback form) becomes batch files, so it meets exactly the
+# same gate and versioning as a file drop. Exactly once into the inbox: the file names carry the offsets they
+# hold, and they are the collector's offset store. A file is written (atomically) *before* the group commit,
+# so a crash between the two re-delivers examples that are already in a file; the collector skips every offset
+# at or below the highest one named by a file in the inbox, accepted/ or quarantine/. Buffered examples are
+# never committed, so a crash before the write re-delivers them. The topic has one partition on purpose: the
+# delivery order is the row order of the next version (a version's id covers its rows' order).
+
+
+class LabeledExample(BaseModel):
+    """One message of ``labeled_topic`` (JSON). ``slice`` may be missing (it becomes ``(missing)``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    example_id: str = Field(min_length=1, max_length=256)
+    text: str
+    label: str
+    slice: str | None = Field(default=None, max_length=256)
+
+
+def topic_file_prefix(topic: str) -> str:
+    return f"t-{re.sub(r'[^a-z0-9]+', '-', topic.casefold()).strip('-')}-p"
+
+
+def topic_file_name(topic: str, partition: int, first: int, last: int) -> str:
+    return f"{topic_file_prefix(topic)}{partition}-{first:012d}-{last:012d}.parquet"
+
+
+def written_offsets(settings: TextclfSettings) -> dict[int, int]:
+    """The highest offset per partition already in a batch file (inbox, accepted/ or quarantine/)."""
+    prefix = topic_file_prefix(settings.labeled_topic)
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-(\d{12})-(\d{12})(?:-\d+)?\.parquet$")
+    high: dict[int, int] = {}
+    for folder in (settings.inbox, settings.accepted_dir, settings.quarantine_dir):
+        if not folder.exists():
+            continue
+        for path in folder.iterdir():
+            match = pattern.match(path.name)
+            if match:
+                partition, last = int(match.group(1)), int(match.group(3))
+                high[partition] = max(high.get(partition, -1), last)
+    return high
+
+
+def parse_labeled(value: bytes, settings: TextclfSettings) -> dict[str, str]:
+    """A message as a row of the contract; raises ``ValueError`` (the dead letter's reason) if it is not one."""
+    example = LabeledExample.model_validate_json(value)
+    if not example.text.strip():
+        raise ValueError("empty text")
+    if len(example.text) > settings.max_text_chars:
+        raise ValueError(f"text of {len(example.text):,} characters (at most {settings.max_text_chars:,})")
+    classes = settings.corpus.class_names
+    if example.label not in classes:
+        raise ValueError(f"label {example.label[:80]!r} is not one of {', '.join(classes)}")
+    return {
+        "example_id": example.example_id,
+        "text": example.text,
+        "label": example.label,
+        "slice": example.slice or MISSING_SLICE,
+    }
+
+
+@dataclass
+class CollectStats:
+    files: list[Path] = field(default_factory=list)
+    examples: int = 0
+    dead_letters: int = 0
+    skipped: int = 0
+    """Re-delivered messages already in a batch file (a crash between a write and its commit)."""
+
+
+def collect_labeled(
+    settings: TextclfSettings,
+    stop: Any,
+    *,
+    group_id: str = "textclf-collector",
+    on_ready: Any = None,
+    on_file: Any = None,
+    poll_s: float = 0.5,
+) -> CollectStats:
+    """Consume ``labeled_topic`` into inbox batch files until ``stop`` (a ``threading.Event``) is set.
+
+    A file is cut when ``collect_batch_rows`` examples are buffered, or ``collect_batch_s`` after the first one
+    if at least ``min_batch_rows`` are (a smaller file would only be quarantined as an incomplete delivery).
+    ``on_file(path)`` runs after each write and before the commit (tests raise there to crash in between).
+    """
+    from pydantic import ValidationError
+
+    from systems.common.broker import (
+        TopicSpec,
+        create_topics,
+        dead_letter_topic,
+        describe_error,
+        make_consumer,
+        make_producer,
+        send_to_dead_letter,
+    )
+
+    topic = settings.labeled_topic
+    settings.ensure_dirs()
+    create_topics(settings, [TopicSpec(topic, 1), TopicSpec(dead_letter_topic(topic), 1)])
+    consumer = make_consumer(settings, [topic], group_id)
+    producer = make_producer(settings)
+    high = written_offsets(settings)
+    buffers: dict[int, list[tuple[int, dict[str, str]]]] = {}
+    first_at: float | None = None
+    stats = CollectStats()
+
+    def buffered() -> int:
+        return sum(len(rows) for rows in buffers.values())
+
+    def cut() -> None:
+        nonlocal first_at
+        for partition, rows in sorted(buffers.items()):
+            if not rows:
+                continue
+            first, last = rows[0][0], rows[-1][0]
+            path = settings.inbox / topic_file_name(topic, partition, first, last)
+            _write_parquet(canonical(pd.DataFrame([row for _, row in rows])), path)
+            high[partition] = last
+            stats.files.append(path)
+            stats.examples += len(rows)
+            log.info("textclf collector: %d examples -> %s", len(rows), path.name)
+            if on_file is not None:
+                on_file(path)
+        buffers.clear()
+        first_at = None
+        producer.flush()
+        consumer.commit()
+
+    try:
+        while not stop.is_set():
+            records = consumer.poll(timeout_s=poll_s, max_records=settings.collect_batch_rows)
+            if on_ready is not None and consumer.assigned.is_set():
+                on_ready()
+                on_ready = None
+            for record in records:
+                if record.offset <= high.get(record.partition, -1):
+                    stats.skipped += 1
+                    continue
+                try:
+                    row = parse_labeled(record.value, settings)
+                except (ValidationError, ValueError) as exc:
+                    send_to_dead_letter(producer, record, describe_error(exc))
+                    stats.dead_letters += 1
+                    continue
+                buffers.setdefault(record.partition, []).append((record.offset, row))
+            n = buffered()
+            if n and first_at is None:
+                first_at = time.monotonic()
+            aged = first_at is not None and time.monotonic() - first_at >= settings.collect_batch_s
+            if n >= settings.collect_batch_rows or (aged and n >= settings.min_batch_rows):
+                cut()
+            elif records and n == 0:  # only dead letters and skips since the last commit: nothing is buffered
+                producer.flush()
+                consumer.commit()
+        if buffered() >= settings.min_batch_rows:  # a clean stop keeps a full-enough batch; less comes again
+            cut()
+    finally:
+        producer.flush()
+        producer.close()
+        consumer.close()
+    return stats
+
+
+def publish_labeled(settings: TextclfSettings, frame: pd.DataFrame) -> int:
+    """Send a table's rows (the contract's columns) to ``labeled_topic``, one ``LabeledExample`` each."""
+    from systems.common.broker import TopicSpec, create_topics, dead_letter_topic, make_producer
+
+    rows = canonical(frame)
+    create_topics(
+        settings, [TopicSpec(settings.labeled_topic, 1), TopicSpec(dead_letter_topic(settings.labeled_topic), 1)]
+    )
+    producer = make_producer(settings)
+    try:
+        for example_id, text, label, slice_ in rows.itertuples(index=False, name=None):
+            message = {"example_id": str(example_id), "text": text, "label": label, "slice": slice_}
+            producer.send(settings.labeled_topic, json.dumps(message).encode(), key=str(example_id).encode())
+        producer.flush()
+    finally:
+        producer.close()
+    return len(rows)

@@ -155,6 +155,14 @@ class TextclfSettings(MlsdSettings):
     gate_max_slice_drop: float = Field(default=0.03, ge=0.0)
     """Largest accuracy loss in any slice with enough rows, against the champion."""
 
+    # ---- labelled examples on a topic (ingest.collect_labeled): cut into inbox batch files
+    labeled_topic: str = "textclf.labeled"
+    """``LabeledExample`` messages (JSON); an invalid one goes to ``<topic>.dlq`` with the reason."""
+    collect_batch_rows: int = Field(default=500, ge=1)
+    """A batch file is cut once this many examples are buffered ..."""
+    collect_batch_s: float = Field(default=300.0, gt=0.0)
+    """... or this many seconds after the first buffered one, if it holds at least ``min_batch_rows``."""
+
     # ---- serving and rollout (serve.py, rollout.py)
     port: int = 8004
     admin_token: str | None = None

@@ -94,7 +94,7 @@ def drive_rollout(
     texts: list[str],
     labels: list[str],
     *,
-    plan: dict[str, Any],
+    plan: dict[str, Any] | None,
     token: str,
     rate: float = 200.0,
     duration_s: float = 30.0,
@@ -104,7 +104,9 @@ def drive_rollout(
 ) -> RolloutRun:
     """Open-loop ``/predict`` load at ``rate`` for ``duration_s``; a rollout of ``plan`` starts after
     ``start_after_s``. Returns the load's result, the rollout's status when it reached its outcome (or was
-    promoted, unless ``wait_post_promotion``) and when things happened."""
+    promoted, unless ``wait_post_promotion``) and when things happened. With ``plan`` None nothing is started
+    and everything else runs as for a rollout (labels published, the status polled): the steady state that a
+    rollout's latency is compared with, under the same client-side load."""
     t0 = time.monotonic()
     run = RolloutRun(load=LoadResult(rate, 0.0, 0.0, 0, 0), status={})
     arms: dict[str, int] = {}
@@ -124,14 +126,16 @@ def drive_rollout(
         def controller() -> None:
             with httpx.Client(base_url=url, timeout=10.0) as client:
                 time.sleep(start_after_s)
-                r = client.post("/admin/rollout", json=plan, headers={"Authorization": f"Bearer {token}"})
-                r.raise_for_status()
-                run.started_s = time.monotonic() - t0
+                if plan is not None:
+                    r = client.post("/admin/rollout", json=plan, headers={"Authorization": f"Bearer {token}"})
+                    r.raise_for_status()
+                    run.started_s = time.monotonic() - t0
                 while time.monotonic() - t0 < duration_s + start_after_s:
                     status = client.get("/rollout").json()
                     rollout = status.get("rollout") or {}
-                    if rollout.get("phase") == "done" or (
-                        not wait_post_promotion and rollout.get("phase") == "post_promotion"
+                    if plan is not None and (
+                        rollout.get("phase") == "done"
+                        or (not wait_post_promotion and rollout.get("phase") == "post_promotion")
                     ):
                         run.finished_s = time.monotonic() - t0
                         run.status = status

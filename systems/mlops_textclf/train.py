@@ -57,6 +57,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -269,6 +270,8 @@ class TextClassifier:
         self.data_version: str | None = None
         self.heldout_ids: frozenset[str] = frozenset()
         self.params: dict[str, Any] = {}
+        self.fingerprint: str | None = None
+        """A random id given when the model is trained (and pickled with it): the key of its kept scores."""
 
     def features(self, texts: Sequence[str]) -> Any:
         raise NotImplementedError
@@ -391,6 +394,8 @@ class SabotagedClassifier(TextClassifier):
         self.salt = salt
         self.kind = inner.kind  # type: ignore[misc]
         self.params = dict(inner.params) | {"sabotaged_fraction": str(fraction)}
+        base = getattr(inner, "fingerprint", None)
+        self.fingerprint = f"{base}:sabotaged:{fraction}:{salt}" if base else None
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         p = self.inner.predict_proba(texts)
@@ -434,17 +439,26 @@ def best_threshold(y: np.ndarray, proba: np.ndarray) -> float:
     Candidates are the midpoints between consecutive distinct scores (and 0.5), so the choice does not depend on
     a grid and is exact for these rows.
     """
-    from sklearn.metrics import f1_score
-
     scores = np.unique(proba)
     candidates = np.unique(np.concatenate([[0.5], (scores[1:] + scores[:-1]) / 2]))
     if len(candidates) > 400:  # macro-F1 is a step function: 400 quantiles lose nothing that matters
         candidates = np.unique(np.concatenate([[0.5], np.quantile(proba, np.linspace(0.002, 0.998, 400))]))
+    y = np.asarray(y, dtype=bool)
+    pos, neg = np.sort(proba[y]), np.sort(proba[~y])
+    # predicted positive at t: proba >= t; counted for every candidate at once by binary search
+    tp = len(pos) - np.searchsorted(pos, candidates, side="left")  # positives called positive
+    fp = len(neg) - np.searchsorted(neg, candidates, side="left")  # negatives called positive
+    fn, tn = len(pos) - tp, len(neg) - fp
+
+    def f1(hit: np.ndarray, wrong: np.ndarray) -> np.ndarray:  # 2·TP / (2·TP + FP + FN); 0 where undefined
+        denom = 2 * hit + wrong
+        return np.divide(2.0 * hit, denom, out=np.zeros(len(candidates)), where=denom > 0)
+
+    macro = (f1(tp, fp + fn) + f1(tn, fn + fp)) / 2
     best, best_f1 = 0.5, -1.0
-    for t in candidates:
-        f1 = float(f1_score(y, proba >= t, average="macro", zero_division=0))
-        if f1 > best_f1 + 1e-12 or (abs(f1 - best_f1) <= 1e-12 and abs(t - 0.5) < abs(best - 0.5)):
-            best, best_f1 = float(t), f1
+    for t, f in zip(candidates.tolist(), macro.tolist(), strict=True):
+        if f > best_f1 + 1e-12 or (abs(f - best_f1) <= 1e-12 and abs(t - 0.5) < abs(best - 0.5)):
+            best, best_f1 = t, f
     return best
 
 
@@ -636,6 +650,7 @@ def train(
     model, selection = fit_classifier(rows, config, classes=settings.corpus.class_names, embedder=embedder)
     train_s = time.perf_counter() - t0  # split + features (encoding, if not cached) + the C search + refit
     model.data_version = version_id
+    model.fingerprint = uuid.uuid4().hex
     model.params = config_params(config) | {"selected_c": f"{selection.c:g}", "threshold": f"{selection.threshold}"}
 
     evaluation = evaluate_model(model, settings=settings, version=version_id, golden=golden)

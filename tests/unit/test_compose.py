@@ -101,3 +101,24 @@ def test_docker_compose_v1_accepts_the_file() -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_textclf_profile_has_the_loop_it_needs(compose) -> None:
+    """API, trainer and the one-shot first model, on Kafka and MLflow backed by Postgres."""
+    services = compose["services"]
+    in_profile = {name for name, svc in services.items() if "textclf" in svc.get("profiles", [])}
+    assert {
+        "kafka",
+        "postgres",
+        "mlflow",
+        "textclf-init",
+        "textclf-api",
+        "textclf-trainer",
+        "textclf-collector",
+    } <= in_profile
+    assert "postgresql" in services["mlflow"]["command"]
+    for name in ("textclf-api", "textclf-trainer", "textclf-collector"):
+        deps = services[name]["depends_on"]
+        assert deps["textclf-init"] == {"condition": "service_completed_successfully"}
+        assert deps["kafka"] == {"condition": "service_healthy"}
+    assert services["textclf-api"]["environment"]["MLSD_TEXTCLF_ADMIN_TOKEN"]

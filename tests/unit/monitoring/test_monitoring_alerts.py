@@ -585,6 +585,7 @@ def test_rules_use_only_exported_metrics_and_the_policy_thresholds(rules) -> Non
 COMPOSE_TARGETS = [
     prom.ScrapeTarget("recsys-api", ("recsys-api:8001",)),
     prom.ScrapeTarget("fraud-api", ("fraud-api:8002",)),
+    prom.ScrapeTarget("textclf-api", ("textclf-api:8004",)),
     prom.ScrapeTarget("monitoring", ("monitoring-api:8005",)),
 ]
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from systems.mlops_textclf.evaluate import (
+    ScoreCache,
     behavioural_tests,
     classification_metrics,
     evaluate_frame,
@@ -210,3 +211,40 @@ def test_evaluate_model_scores_golden_and_the_newest_batch_out_of_sample(ingeste
     assert later.golden.correct.tobytes() == own.golden.correct.tobytes()  # the golden set is fixed
     flat = later.flat_metrics()
     assert {"golden_macro_f1", "newest_ece", "latency_single_p99_us", "behaviour_passed"} <= set(flat)
+
+
+class _Counting:
+    """P(positive) = text length / 100, with a fingerprint, counting the texts it scored."""
+
+    classes = ("bad", "good")
+    threshold = 0.5
+
+    def __init__(self, fingerprint: str | None, shift: float = 0.0) -> None:
+        self.fingerprint, self.shift, self.scored = fingerprint, shift, 0
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        self.scored += len(texts)
+        return np.array([min(len(t), 100) / 100 + self.shift for t in texts])
+
+
+def test_kept_scores_are_read_back_checked_and_recomputed_when_they_disagree(tmp_path) -> None:
+    texts = [f"text {'x' * (i % 90)}" for i in range(500)]
+    cache = ScoreCache(tmp_path / "scores")
+    first = _Counting("fp-1")
+    expected = first.predict_proba(texts)
+    first.scored = 0
+    assert np.array_equal(cache.predict_proba(first, texts), expected) and first.scored == len(texts)
+    again = _Counting("fp-1")  # the same model loaded again (another process): read back, spot-checked
+    assert np.array_equal(cache.predict_proba(again, texts), expected)
+    assert 0 < again.scored <= ScoreCache.SPOT_ROWS and cache.hits == 1
+    changed = _Counting("fp-1", shift=0.01)  # same fingerprint, other scores: the check sees it
+    assert np.allclose(cache.predict_proba(changed, texts), expected + 0.01)
+    assert changed.scored == len(texts) + ScoreCache.SPOT_ROWS and cache.hits == 1
+    other = _Counting("fp-2")  # another model never reads the first one's scores
+    cache.predict_proba(other, texts)
+    assert other.scored == len(texts)
+    unkeyed = _Counting(None)
+    cache.predict_proba(unkeyed, texts)
+    cache.predict_proba(unkeyed, texts)
+    assert unkeyed.scored == 2 * len(texts)  # no fingerprint: always scored
+    assert ScoreCache.key("fp", ["ab", "c"]) != ScoreCache.key("fp", ["a", "bc"])

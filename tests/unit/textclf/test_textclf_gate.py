@@ -171,7 +171,7 @@ def test_each_check_refuses_on_its_own(gated: TextclfSettings) -> None:
     good = _good(gated)
     champion = _evaluation(_worse(good), gated)
     ok = _evaluation(good, gated)
-    checks, _ = gate_checks(ok, champion.golden, gated, champion=champion)
+    checks, _ = gate_checks(ok, champion.golden, gated, champion=champion.golden)
     assert all(c.passed for c in checks), [c for c in checks if not c.passed]
 
     # behaviour: the inverted lexicon fails the CheckList suite (when the corpus says it applies)
@@ -214,7 +214,9 @@ def test_each_check_refuses_on_its_own(gated: TextclfSettings) -> None:
     strong = _evaluation(good, gated, min_slice_rows=5)  # ~14 golden rows per topic here
     blind = _evaluation(BlindOnPhones(), gated, min_slice_rows=5)
     gated_small_slices = gated.model_copy(update={"gate_max_slice_drop": 0.05})
-    names = [c.name for c in gate_checks(blind, strong.golden, gated_small_slices, champion=strong)[0] if not c.passed]
+    names = [
+        c.name for c in gate_checks(blind, strong.golden, gated_small_slices, champion=strong.golden)[0] if not c.passed
+    ]
     assert "slices" in names
 
 

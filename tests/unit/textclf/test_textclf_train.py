@@ -104,6 +104,23 @@ def test_best_threshold_maximises_macro_f1_on_a_hand_made_example() -> None:
     assert best_threshold(np.array([False, True]), np.array([0.2, 0.8])) == 0.5  # ties go to the one nearest 0.5
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_best_threshold_equals_scikit_learns_macro_f1_search(seed: int) -> None:
+    """The counting search picks the threshold a scan with ``f1_score`` at every candidate would pick."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(seed)
+    y = rng.random(3000) < 0.85
+    proba = np.clip(np.where(y, 0.7, 0.4) + rng.normal(0, 0.2, len(y)), 0, 1).round(3)  # ties on purpose
+    t = best_threshold(y, proba)
+    candidates = np.unique(np.concatenate([[0.5], np.quantile(proba, np.linspace(0.002, 0.998, 400))]))
+    scores = [float(f1_score(y, proba >= c, average="macro", zero_division=0)) for c in candidates]
+    top = max(scores)
+    nearest = min((abs(c - 0.5), c) for c, f in zip(candidates, scores, strict=True) if f >= top - 1e-12)[1]
+    assert t == pytest.approx(nearest)
+    assert float(f1_score(y, proba >= t, average="macro")) == pytest.approx(top)
+
+
 def test_presets_and_config_errors() -> None:
     assert isinstance(preset("tfidf_linear"), TfidfConfig) and isinstance(preset("embedding"), EmbeddingConfig)
     assert preset("embedding", "ci").c_grid == (4.0,)
