@@ -16,6 +16,7 @@ are read against on the same machine.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from hdrh.histogram import HdrHistogram
 
 # ------------------------------------------------------------------------------------------- histogram
@@ -78,6 +80,10 @@ class LoadResult:
         return asdict(self)
 
 
+SLOWEST_KEPT = 20
+"""How many of a load's slowest requests it keeps, with when they were sent."""
+
+
 async def run_open_loop(
     send: Callable[[int], Awaitable[Any]],
     *,
@@ -98,6 +104,7 @@ async def run_open_loop(
     hist = Histogram()
     errors = 0
     completed = 0
+    slowest: list[tuple[float, float]] = []  # (latency ms, seconds into the measured window): where stalls were
     in_flight: set[asyncio.Task[None]] = set()
     t0 = clock() + 0.01
     measure_start = t0 + n_warm / rate
@@ -114,7 +121,12 @@ async def run_open_loop(
         if i < n_warm:
             return
         if ok:
-            hist.record_ms((done - intended) * 1000.0)  # from the *intended* time: queueing included
+            ms = (done - intended) * 1000.0
+            hist.record_ms(ms)  # from the *intended* time: queueing included
+            if len(slowest) < SLOWEST_KEPT or ms > slowest[0][0]:
+                (heapq.heappush if len(slowest) < SLOWEST_KEPT else heapq.heapreplace)(
+                    slowest, (ms, intended - measure_start)
+                )
             completed += 1
             last_done = max(last_done, done)
         else:
@@ -144,6 +156,7 @@ async def run_open_loop(
         count=completed,
         errors=errors,
         latency_ms=hist.percentiles(),
+        extra={"slowest": [{"at_s": round(at, 3), "ms": round(ms, 2)} for ms, at in sorted(slowest, reverse=True)]},
     )
 
 
@@ -199,6 +212,30 @@ def run_async(coro: Awaitable[Any]) -> Any:
 
 
 # ------------------------------------------------------------------------------------------- reporting
+
+
+def bootstrap_ci(
+    metric: Callable[..., float],
+    *columns: np.ndarray,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric(*columns)`` over rows (users, texts, transactions).
+
+    Every resample draws the same row indices for all columns, so a metric of two models on the same rows (a
+    difference, a ratio) gets a *paired* interval: what the rows have in common cancels, as it should.
+    """
+    n = len(columns[0])
+    if n == 0 or any(len(c) != n for c in columns):
+        raise ValueError(f"bootstrap_ci needs columns of one non-zero length, got {[len(c) for c in columns]}")
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = rng.integers(0, n, n)
+        stats[b] = metric(*(c[idx] for c in columns))
+    lo, hi = np.quantile(stats, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
 
 
 def summary_stats(values: Sequence[float]) -> dict[str, float]:

@@ -390,15 +390,18 @@ def _bench_quality(settings: Any, store: Any) -> dict[str, Any]:
     what each new batch buys, and the headline (the HEAD version's model, the one a pipeline would deploy).
     The embedding candidate encodes each text once (the cache under the run's data dir), so its first version
     pays the encoding and later ones mostly reuse it."""
+    from systems.mlops_textclf.bench import quality_intervals
     from systems.mlops_textclf.train import preset as make_preset
     from systems.mlops_textclf.train import train as do_train
 
     out: dict[str, Any] = {}
+    heads: dict[str, Any] = {}
     for kind in ("tfidf_linear", "embedding"):
         by_version = []
         for m in store.versions():
             with console.status(f"{kind} on version {m.version_id} ({m.rows:,} rows)"):
                 r = do_train(settings, make_preset(kind, "default"), version=m.version_id, log_model=False)
+            heads[kind] = r.model
             golden = {k: r.metrics[f"golden_{k}"] for k in ("accuracy", "macro_f1", "roc_auc", "ece")}
             by_version.append(
                 {
@@ -414,6 +417,8 @@ def _bench_quality(settings: Any, store: Any) -> dict[str, Any]:
             )
         head = by_version[-1]
         out[kind] = {**head["golden"], "train_s": head["train_s"], "version": head["version"], "by_version": by_version}
+    with console.status("bootstrap intervals on the golden set"):
+        out["intervals"] = quality_intervals(settings, heads)  # the HEAD models: the headline's uncertainty
     return out
 
 

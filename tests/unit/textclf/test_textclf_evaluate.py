@@ -248,3 +248,33 @@ def test_kept_scores_are_read_back_checked_and_recomputed_when_they_disagree(tmp
     cache.predict_proba(unkeyed, texts)
     assert unkeyed.scored == 2 * len(texts)  # no fingerprint: always scored
     assert ScoreCache.key("fp", ["ab", "c"]) != ScoreCache.key("fp", ["a", "bc"])
+
+
+def test_quality_intervals_are_paired_and_agree_with_the_point_metrics(ingested: TextclfSettings) -> None:
+    import copy
+
+    from systems.mlops_textclf.bench import quality_intervals
+    from systems.mlops_textclf.ingest import load_golden
+
+    store = DatasetStore.of(ingested)
+    head = store.head()
+    assert head is not None
+    model, _ = fit_classifier(store.load(head.version_id), ci_preset(), classes=CONFIG.class_names)
+    worse = copy.copy(model)
+    worse.threshold = 0.99  # most positives called negative: truly worse on the same rows
+    out = quality_intervals(ingested, {"model": model, "worse": worse}, n_boot=300)
+    golden = load_golden(ingested)
+    y = (golden["label"] == CONFIG.class_names[1]).to_numpy()
+    assert out["rows"] == len(y)
+    assert out["model"]["accuracy"] == pytest.approx(
+        np.mean((model.predict_proba(golden["text"].tolist()) >= model.threshold) == y)
+    )
+    for kind in ("model", "worse"):
+        for metric in ("accuracy", "macro_f1"):
+            lo, hi = out[kind][f"{metric}_ci"]
+            assert lo <= out[kind][metric] <= hi
+    assert out["worse"]["accuracy_ci"][1] - out["worse"]["accuracy_ci"][0] > 0  # it errs: the rows disagree
+    diff = out["model_minus_worse"]
+    assert diff["accuracy"] > 0 and diff["accuracy_ci"][0] > 0  # a real gap, seen as one
+    same = quality_intervals(ingested, {"a": model, "b": copy.copy(model)}, n_boot=50)["a_minus_b"]
+    assert same["accuracy"] == 0 and same["accuracy_ci"] == (0.0, 0.0)  # paired: identical answers, no width

@@ -221,6 +221,8 @@ def test_each_check_refuses_on_its_own(gated: TextclfSettings) -> None:
 
 
 def test_cli_gate_promote_rollback(gated: TextclfSettings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import mlflow
+
     from systems.mlops_textclf.cli import app
 
     monkeypatch.setenv("MLSD_DATA_DIR", str(gated.data_dir))
@@ -233,7 +235,14 @@ def test_cli_gate_promote_rollback(gated: TextclfSettings, monkeypatch: pytest.M
     result = runner.invoke(app, ["gate", run, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["passed"] is True and "passed" in result.output
-    assert runner.invoke(app, ["promote"]).exit_code == 0
+    assert runner.invoke(app, ["promote", "--first"]).exit_code == 0  # no champion yet: the first one
     assert registry.get_alias_version(gated.model_name, registry.CHAMPION) == "1"
+    # a compose init that runs again must not move a serving champion, even with a new challenger waiting
+    waiting = mlflow.register_model(f"runs:/{log_candidate(gated, _good(gated))}/model", gated.model_name)
+    registry.set_alias(gated.model_name, registry.CHALLENGER, waiting.version)
+    again = runner.invoke(app, ["promote", "--first"])
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    assert registry.get_alias_version(gated.model_name, registry.CHAMPION) == "1"
+    assert registry.get_alias_version(gated.model_name, registry.CHALLENGER) == str(waiting.version)
     refused = runner.invoke(app, ["rollback"])
     assert refused.exit_code != 0 and "nothing to roll back" in str(refused.exception or refused.output)

@@ -5,6 +5,7 @@ the data version and git sha; the embedding candidate's cache with a stand-in en
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +274,66 @@ def test_the_direct_single_text_path_equals_the_batch_path(ingested: TextclfSett
     np.testing.assert_allclose(direct, batch, rtol=0, atol=1e-12)
     again = pickle.loads(pickle.dumps(model))  # the cached tables are not pickled, and are rebuilt
     assert "_direct" not in again.__dict__ and again.predict_proba([texts[0]])[0] == pytest.approx(batch[0], abs=1e-12)
+
+
+def test_a_pickled_tfidf_model_is_the_same_model_and_leaves_the_live_one_alone(ingested: TextclfSettings) -> None:
+    import pickle
+
+    model, _ = fit_classifier(_head_rows(ingested), ci_preset("tfidf_linear"), classes=CLASSES)
+    model.VOCAB_CHUNK = 7  # type: ignore[misc]  # many chunks even on the tiny corpus's vocabulary
+    texts = [*load_golden(ingested)["text"].tolist(), "naïve café — ünïcode", ""]
+    before = [dict(vec.vocabulary_) for _, vec in model.vectorizer.transformer_list]
+    again = pickle.loads(pickle.dumps(model))
+    assert [vec.vocabulary_ for _, vec in model.vectorizer.transformer_list] == before  # untouched by pickling
+    assert [vec.vocabulary_ for _, vec in again.vectorizer.transformer_list] == before
+    assert [list(vec.vocabulary_) for _, vec in again.vectorizer.transformer_list] == [list(v) for v in before]
+    assert again.predict_proba(texts).tobytes() == model.predict_proba(texts).tobytes()  # batch path
+    assert again.predict_proba(texts[:3]).tobytes() == model.predict_proba(texts[:3]).tobytes()  # direct path
+    # a wrapper carries what it shares with the wrapped model once, and is the same wrapper after the trip
+    from systems.mlops_textclf.train import SabotagedClassifier
+
+    bad = SabotagedClassifier(model, fraction=0.3, salt="t:")
+    blob = pickle.dumps(bad)
+    assert len(blob) < len(pickle.dumps(model)) + 2_000
+    bad_again = pickle.loads(blob)
+    assert bad_again.predict_proba(texts).tobytes() == bad.predict_proba(texts).tobytes()
+    cache = {"_direct"}  # the direct path's tables: rebuilt on first use, never pickled
+    assert set(bad_again.__dict__) - cache == set(bad.__dict__) - cache and bad_again.threshold == bad.threshold
+
+
+def test_unpacking_a_vocabulary_lets_other_threads_run_where_unpickling_a_dict_does_not() -> None:
+    import pickle
+    import threading
+    import time
+
+    from systems.mlops_textclf.train import _pack_vocabulary, _unpack_vocabulary
+
+    vocab = {f"term {i} ü": i for i in range(400_000)}
+    blob, packed = pickle.dumps(vocab), _pack_vocabulary(vocab)
+
+    def longest_wait(work: Callable[[], object]) -> float:
+        """The longest a ticking thread waited for the GIL while ``work`` ran in this one."""
+        gaps: list[float] = []
+        done = threading.Event()
+
+        def tick() -> None:
+            last = time.perf_counter()
+            while not done.is_set():
+                time.sleep(0.0005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        t = threading.Thread(target=tick)
+        t.start()
+        time.sleep(0.02)
+        work()
+        done.set()
+        t.join()
+        return max(gaps)
+
+    assert _unpack_vocabulary(*packed, chunk=1024) == vocab
+    as_dict = min(longest_wait(lambda: pickle.loads(blob)) for _ in range(2))
+    chunked = min(longest_wait(lambda: _unpack_vocabulary(*packed, chunk=1024)) for _ in range(3))
+    assert as_dict > 0.03  # one C call holding the GIL: the ticker waits for all of it
+    assert chunked < as_dict / 3, (chunked, as_dict)
