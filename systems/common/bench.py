@@ -395,7 +395,7 @@ class BenchReport:
 
 # A measured number in a README is written ``<!--m:KEY|FMT-->VALUE<!--/m-->``: KEY is a dotted path into the
 # system's committed bench JSON (``quality.xgboost.ap``), or ``system:path`` for another system's; FMT is an
-# optional Python format spec (``.3f``, ``,.0f``, ``.1%``). ``mlsd bench report`` rewrites every VALUE from the
+# optional Python format spec (``.3f``, ``,.0f``, ``.1%``), or ``met`` for a boolean target verdict. ``mlsd bench report`` rewrites every VALUE from the
 # JSON, and ``--check`` (run by the tests) fails on any that disagree: a README number is never typed.
 MARKER = re.compile(r"<!--m:(?P<key>[^|>]+?)(?:\|(?P<fmt>[^>]*?))?-->(?P<value>.*?)<!--/m-->", re.DOTALL)
 
@@ -427,6 +427,8 @@ def format_value(value: Any, fmt: str | None = None) -> str:
     if value is None:
         return "—"
     if isinstance(value, bool):
+        if fmt == "met":  # a target's verdict, generated with its number so the words cannot contradict it
+            return "met" if value else "**not met**"
         return "yes" if value else "no"
     if fmt:
         return format(value, fmt)

@@ -162,14 +162,15 @@ def gate_checks(
 
 def load_alias(settings: TextclfSettings, alias: str) -> tuple[Any, str] | None:
     """The classifier an alias of the registered model points at, and its version; None if the alias is unset."""
-    import mlflow
+    from systems.mlops_textclf.train import load_classifier
 
     registry.configure(settings)
     version = registry.get_alias_version(settings.model_name, alias)
     if version is None:
         return None
-    wrapped = mlflow.pyfunc.load_model(registry.model_uri(settings.model_name, alias)).unwrap_python_model()
-    return wrapped.classifier, version
+    # by the version the alias named, not by the alias again: an alias moved in between must not pair one
+    # version's number with another version's model
+    return load_classifier(f"models:/{settings.model_name}/{version}"), version
 
 
 def run_gate(

@@ -35,8 +35,10 @@ user on the challenger at 5 % is still on it at 25 % (the buckets below 500 are 
 
 A step completes when it has run ``step_s`` with ``min_samples`` labels per arm and no evidence against the
 challenger (with feedback off, after ``step_s`` alone); the last step promotes, so it also needs the
-non-inferiority bound. Any failed check rolls back at once. The first three checks need
-``min_requests`` per arm before they may judge, so three slow requests at the start cannot roll back a model.
+non-inferiority bound. Any failed check rolls back at once, and so does a step that is still short of its
+labels ``max_label_wait_s`` after ``step_s``: an inconclusive analysis never promotes, nor holds forever. The
+first three checks need ``min_requests`` per arm before they may judge, so three slow requests at the start
+cannot roll back a model.
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class RolloutPlan(BaseModel):
     """Wait for the quality test at each step (False: ops checks only, as Argo Rollouts or Flagger do)."""
     post_promotion_s: float = Field(default=60.0, ge=0.0)
     """How long the previous model keeps scoring in shadow after a promotion, with the analysis still on."""
+    max_label_wait_s: float = Field(default=300.0, gt=0.0)
+    """A step still short of ``min_samples`` labels this long after ``step_s`` is *inconclusive* and rolls back:
+    no evidence is not evidence of health (a stalled feedback topic must not leave a canary half-deployed)."""
 
     @model_validator(mode="after")
     def _check(self) -> RolloutPlan:
@@ -234,6 +239,13 @@ def analyse(
         quality_ok = not final or test["upper"] < plan.quality_delta
     elif plan.feedback:
         checks["waiting_for_labels"] = {"champion": champion.labelled, "challenger": challenger.labelled}
+        if step_elapsed_s >= plan.step_s + plan.max_label_wait_s:
+            return Verdict(
+                "rollback",
+                f"inconclusive: {min(champion.labelled, challenger.labelled)} of {plan.min_samples} labelled answers "
+                f"per model after {step_elapsed_s:.0f} s (is the feedback topic flowing?)",
+                checks,
+            )
     if step_elapsed_s >= plan.step_s and quality_ok and enough:
         return Verdict("advance", "step passed", checks)
     return Verdict("hold", "collecting evidence", checks)

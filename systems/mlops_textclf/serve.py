@@ -114,6 +114,7 @@ class TextclfService:
         self.pending: OrderedDict[str, tuple[tuple[str, str], ...]] = OrderedDict()
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.feedback_assigned: threading.Event | None = None
         self.publisher: PredictionPublisher | None = None
         self.labels_joined = 0
         self.labels_unmatched = 0
@@ -283,6 +284,7 @@ class TextclfService:
         while not self.stop.is_set():
             try:
                 consumer = make_consumer(self.settings, [self.settings.labels_topic], f"textclf-serve-{uuid.uuid4()}")
+                self.feedback_assigned = consumer.assigned
                 producer = make_producer(self.settings)
             except Exception as exc:  # broker down at start: try again, serving goes on
                 log.warning("textclf feedback consumer: %s", exc)
@@ -520,7 +522,12 @@ class TextclfService:
                 "elapsed_s": round(time.monotonic() - state.started, 3),
             },
             "stats": stats,
-            "labels": {"joined": self.labels_joined, "unmatched": self.labels_unmatched},
+            "labels": {
+                "joined": self.labels_joined,
+                "unmatched": self.labels_unmatched,
+                # False until the feedback consumer has its partition: labels published before that wait
+                "consumer_assigned": self.feedback_assigned is not None and self.feedback_assigned.is_set(),
+            },
             "events": self.events[-50:],
         }
 

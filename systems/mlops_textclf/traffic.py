@@ -33,6 +33,7 @@ class FeedbackSimulator:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="textclf-feedback-sim", daemon=True)
         self.published = 0
+        self.error: BaseException | None = None
 
     def __enter__(self) -> FeedbackSimulator:
         self._thread.start()
@@ -41,12 +42,20 @@ class FeedbackSimulator:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        if self.error is not None and exc[0] is None:  # a silent thread death would look like "no labels came"
+            raise RuntimeError(f"the feedback simulator stopped after {self.published} labels") from self.error
 
     def answered(self, prediction_id: str, label: str) -> None:
         with self._lock:
             heapq.heappush(self._due, (time.monotonic() + self.delay_s, prediction_id, label))
 
     def _run(self) -> None:
+        try:
+            self._publish_due()
+        except BaseException as exc:
+            self.error = exc
+
+    def _publish_due(self) -> None:
         producer = make_producer(self.settings)
         try:
             while not self._stop.is_set() or self._due:
@@ -81,6 +90,8 @@ class RolloutRun:
     finished_s: float | None = None
     """... when the rollout reached its outcome."""
     arms: dict[str, int] = field(default_factory=dict)
+    labels_published: int = 0
+    """Feedback labels the simulated users published (the server's ``labels.joined`` says how many it read)."""
 
     @property
     def outcome(self) -> str | None:
@@ -123,9 +134,23 @@ def drive_rollout(
         def body(i: int) -> dict[str, Any]:
             return {"text": texts[i % len(texts)], "key": f"user-{i % 5000}"}
 
+        failed: list[BaseException] = []
+
         def controller() -> None:
+            try:
+                control()
+            except BaseException as exc:  # re-raised below: a dead controller must not read as "no outcome"
+                failed.append(exc)
+
+        def control() -> None:
             with httpx.Client(base_url=url, timeout=10.0) as client:
                 time.sleep(start_after_s)
+                # an analysis on labels: start once the server's feedback consumer holds its partition
+                needs_labels = plan is not None and plan.get("feedback", True)
+                while needs_labels and not client.get("/rollout").json()["labels"]["consumer_assigned"]:
+                    if time.monotonic() - t0 > start_after_s + 30.0:
+                        raise RuntimeError("the server's feedback consumer has no partition after 30 s")
+                    time.sleep(0.1)
                 if plan is not None:
                     r = client.post("/admin/rollout", json=plan, headers={"Authorization": f"Bearer {token}"})
                     r.raise_for_status()
@@ -158,5 +183,8 @@ def drive_rollout(
             )
         )
         thread.join(timeout=30)
+        if failed:
+            raise RuntimeError("the rollout controller failed") from failed[0]
     run.arms = arms
+    run.labels_published = feedback.published
     return run

@@ -78,12 +78,24 @@ def test_a_bad_canary_is_rolled_back_under_load_with_no_failed_request(served: T
             assert big.status_code == 422 and "at most" in big.json()["error"]["message"]
             assert client.get("/rollout").json()["champion"] == "1"
 
-        plan = {"strategy": "canary", "steps": [25, 50, 100], "step_s": 4, "min_requests": 30, "min_samples": 60}
+        # The latency check is loosened here: two models of the same cost on a machine this loaded (CI runs
+        # other work beside the server and the load) can show a 2× p99 ratio by noise. The ops checks have
+        # their own unit tests; this test is about the labels reaching the analysis under load.
+        plan = {
+            "strategy": "canary",
+            "steps": [25, 50, 100],
+            "step_s": 4,
+            "min_requests": 30,
+            "min_samples": 60,
+            "max_p99_ratio": 10.0,
+        }
         run = drive_rollout(
             server.url, served, texts, labels, plan=plan, token=TOKEN, rate=200, duration_s=25, start_after_s=2
         )
     assert run.load.errors == 0 and run.load.count >= 200 * 25 * 0.95, run.load
-    assert run.outcome == "rolled_back", run.status.get("events")
+    log_tail = (tmp_path / "serve.log").read_text(errors="replace")[-3000:]
+    seen = {k: run.status.get(k) for k in ("labels", "stats", "events")}
+    assert run.outcome == "rolled_back", f"published {run.labels_published} labels; server: {seen}\n{log_tail}"
     assert run.arms.get("challenger", 0) > 0  # it did answer some users before it was caught
     assert run.first_challenger_s is not None and run.finished_s is not None
     assert run.finished_s - run.first_challenger_s < 15.0

@@ -27,6 +27,7 @@ def test_format_value() -> None:
     assert format_value(12345) == "12,345" and format_value(12345.6) == "12,346"
     assert format_value([1.02, 1.31], ".2f") == "1.02–1.31"
     assert format_value(None) == "—" and format_value(True) == "yes"
+    assert format_value(True, "met") == "met" and format_value(False, "met") == "**not met**"
 
 
 def test_render_rewrites_values_and_reports_each_disagreement() -> None:

@@ -77,6 +77,18 @@ def test_quality_needs_labels_and_the_sequential_test_decides() -> None:
     assert no_feedback.decision == "advance"
 
 
+def test_a_step_that_never_gets_its_labels_is_inconclusive_and_rolls_back() -> None:
+    ops = {"calls": 500, "positive_rate": 0.8, "p99": 2.0}
+    champion, starved = _arm(**ops, n=400, wrong=20), _arm(**ops, n=40, wrong=2)  # a fine model, 40 labels only
+    plan = PLAN.model_copy(update={"step_s": 10.0, "max_label_wait_s": 60.0})
+    assert analyse(plan, champion, starved, step_elapsed_s=69.9).decision == "hold"  # still inside the wait
+    late = analyse(plan, champion, starved, step_elapsed_s=70.0)
+    assert late.decision == "rollback" and late.reason.startswith("inconclusive: 40 of 100 labelled answers")
+    # with enough labels the same elapsed time is an ordinary decision, not an inconclusive one
+    fed = analyse(plan, champion, _arm(**ops, n=300, wrong=12), step_elapsed_s=70.0)
+    assert fed.decision == "advance"
+
+
 def test_quality_test_on_a_hand_computed_case() -> None:
     from systems.mlops_textclf.rollout import quality_test
 
@@ -99,7 +111,8 @@ def _simulate(p_champion: float, p_challenger: float, trials: int, seed: int, pl
             for arm, p in ((a, p_champion), (b, p_challenger)):
                 for wrong in rng.random(10) < p:
                     arm.record_label(not wrong)
-            if analyse(plan, a, b, step_elapsed_s=1e9).decision == "rollback":  # a canary that keeps running
+            # every step long enough to decide, never so long that missing labels would make it inconclusive
+            if analyse(plan, a, b, step_elapsed_s=plan.step_s).decision == "rollback":
                 rolled += 1
                 break
     return rolled / trials
