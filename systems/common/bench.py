@@ -395,8 +395,9 @@ class BenchReport:
 
 # A measured number in a README is written ``<!--m:KEY|FMT-->VALUE<!--/m-->``: KEY is a dotted path into the
 # system's committed bench JSON (``quality.xgboost.ap``), or ``system:path`` for another system's; FMT is an
-# optional Python format spec (``.3f``, ``,.0f``, ``.1%``), or ``met`` for a boolean target verdict. ``mlsd bench report`` rewrites every VALUE from the
-# JSON, and ``--check`` (run by the tests) fails on any that disagree: a README number is never typed.
+# optional Python format spec (``.3f``, ``,.0f``, ``.1%``), or ``met`` for a boolean target verdict. ``mlsd bench
+# report`` rewrites every VALUE from the JSON, and ``--check`` (run by the tests) fails on any that disagree: a
+# README number is never typed.
 MARKER = re.compile(r"<!--m:(?P<key>[^|>]+?)(?:\|(?P<fmt>[^>]*?))?-->(?P<value>.*?)<!--/m-->", re.DOTALL)
 
 
