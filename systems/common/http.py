@@ -13,6 +13,7 @@ generator never shares a GIL with the server it measures.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -27,17 +28,47 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from systems.common.proc import free_port, stop_pid
 
-__all__ = ["ServerProcess", "create_app", "error_body", "free_port", "wait_http_ok"]
+__all__ = ["ERROR_RESPONSES", "ErrorBody", "ServerProcess", "create_app", "error_body", "free_port", "wait_http_ok"]
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+log = logging.getLogger(__name__)
 
 
 def error_body(kind: str, message: str, detail: Any = None) -> dict[str, Any]:
     return {"error": {"type": kind, "message": message, "detail": detail}}
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    """``validation_error``, ``not_found``, ``method_not_allowed``, ``payload_too_large``, ``http_error``, …"""
+    message: str
+    detail: Any = None
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response of every service (what ``error_body`` builds)."""
+
+    error: ErrorDetail
+
+
+# Every operation of every service may answer these (the factory's handlers and middleware produce them), so
+# they are in every operation's OpenAPI entry with the real body: a client generated from the schema, or a
+# fuzzer checking responses against it, sees what the server really sends.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "The body could not be read"},
+    413: {"model": ErrorBody, "description": "The body is over the size limit (chunked bodies too)"},
+    422: {"model": ErrorBody, "description": "Validation error: the message names the field"},
+    500: {"model": ErrorBody, "description": "Internal error (a bug: the request is not retried for you)"},
+    503: {"model": ErrorBody, "description": "Not ready, or a dependency is unavailable"},
+}
+
+_ERROR_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -57,7 +88,7 @@ def create_app(
     max_body_bytes: int = 1_000_000,
 ) -> FastAPI:
     """A FastAPI app with health, readiness, metrics, a body-size limit and a uniform error body."""
-    app = FastAPI(title=title, version=version, lifespan=lifespan)
+    app = FastAPI(title=title, version=version, lifespan=lifespan, responses=ERROR_RESPONSES)
     # A registry per app (not the global one) so tests can build many apps in one process.
     registry = CollectorRegistry()
     requests = Counter("http_requests", "HTTP requests", ["route", "method", "status"], registry=registry)
@@ -82,8 +113,16 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found" if exc.status_code == 404 else "http_error"
-        return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code)
+        kind = _ERROR_KINDS.get(exc.status_code, "http_error")
+        # the exception's headers go out with it: ``Allow`` on a 405, ``WWW-Authenticate`` on a 401
+        return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def on_unhandled(request: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the client's fault: the same JSON shape as every other error (never a plain-text 500), and
+        # the traceback in the server's log (Starlette re-raises after this response is sent).
+        log.error("unhandled error on %s %s: %r", request.method, request.url.path, exc)
+        return JSONResponse(error_body("internal_error", "internal error (logged by the server)"), status_code=500)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -104,7 +143,8 @@ def create_app(
 
 
 class _Instrument:
-    """Reject oversized bodies (413) and record per-route request count and latency."""
+    """Reject oversized bodies (413: by Content-Length, or while a chunked one streams in) and record per-route
+    request count and latency."""
 
     def __init__(self, app: Any, *, max_body_bytes: int, latency: Histogram, requests: Counter) -> None:
         self.app = app
@@ -125,6 +165,18 @@ class _Instrument:
                 return
         start = time.perf_counter()
         status = 500
+        limit, received = self.max_body_bytes, 0
+
+        async def receive_within_limit() -> dict[str, Any]:
+            # A chunked body has no Content-Length to check up front: count what arrives and stop reading at the
+            # limit, so a 60 MB body costs 1 MB of memory, not 60 (the handler turns this into a JSON 413).
+            nonlocal received
+            message: dict[str, Any] = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise StarletteHTTPException(413, f"request body over {limit} bytes")
+            return message
 
         async def send_and_note(message: dict[str, Any]) -> None:
             nonlocal status
@@ -133,7 +185,7 @@ class _Instrument:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive_within_limit, send_and_note)
         finally:
             # The router stores the matched route in the scope; label by its template, not the raw path,
             # so /users/1 and /users/2 share one time series.

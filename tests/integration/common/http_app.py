@@ -18,4 +18,8 @@ def create_test_app() -> FastAPI:
     async def echo(body: Echo) -> Echo:
         return body
 
+    @app.get("/boom")
+    async def boom() -> dict[str, str]:
+        raise ZeroDivisionError("a bug in a handler")
+
     return app
