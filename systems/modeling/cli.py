@@ -1,0 +1,137 @@
+"""``mlsd modeling``: the research round's questions answered by seeded experiments on real data.
+
+    mlsd modeling regularization [--quick] [--out FILE.json]   # FILE.json + FILE.png
+    mlsd modeling bias_variance  [--quick] [--out FILE.json]
+    mlsd modeling trees_vs_dnn   [--quick] [--out FILE.json]
+    mlsd modeling gan            [--quick] [--out FILE.json]
+    mlsd modeling bench [--only NAME,...] [--quick]   # all four -> systems/modeling/bench/modeling.json + PNGs
+    mlsd modeling demo                                # the four quick forms into the data dir
+
+Without ``--out`` an experiment writes its section of the committed ``systems/modeling/bench/modeling.json``
+(and ``bench/<name>.png``), which the README's numbers are generated from (``mlsd bench report``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from systems.modeling.experiment import EXPERIMENTS, png_path, run_experiment
+
+console = Console()
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Research-round answers: regularization, bias_variance, trees_vs_dnn, gan (seeded, measured).",
+)
+
+QuickOpt = Annotated[bool, typer.Option("--quick", help="the seconds-long form (fewer seeds, grid points, steps)")]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(help="JSON result (a PNG beside it); default: the committed systems/modeling/bench/modeling.json"),
+]
+SeedOpt = Annotated[int, typer.Option(help="base seed (data split and the first model seed)")]
+
+
+def _run(name: str, quick: bool, out: Path | None, seed: int) -> dict[str, Any]:
+    with console.status(name) as status:
+        result = run_experiment(name, quick=quick, out=out, seed=seed, progress=lambda m: status.update(m))
+    _summary(name, result)
+    console.print(f"[green]✓[/] {name} ({result['form']}, {result['seconds']:.0f} s): wrote "
+                  f"{out or 'systems/modeling/bench/modeling.json'} and {png_path(name, out)}")  # fmt: skip
+    return result
+
+
+def _summary(name: str, r: dict[str, Any]) -> None:
+    """The headline rows of each experiment, as a table."""
+    table = Table(title=f"{name}: {r.get('answer', '')}")
+    if name == "regularization":
+        for col in ("technique", "strength", "test acc", "train-val gap", "exact zeros", "s/run"):
+            table.add_column(col)
+        for tech in r["ranking_by_test_acc"]:
+            t = r["techniques"][tech]
+            table.add_row(tech, f"{t['strength']:g}", f"{t['test_acc']['mean']:.3f}", f"{t['gap_acc']:.3f}",
+                          f"{t['zero_fraction']:.1%}", f"{t['seconds_per_run']:.2f}")  # fmt: skip
+    else:
+        table.add_column("key")
+        table.add_column("value")
+        for key, value in r.get("headline", {}).items():
+            table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command("regularization")
+def regularization(quick: QuickOpt = False, out: OutOpt = None, seed: SeedOpt = 0) -> None:
+    """L2 vs AdamW decay, L1 (sparsity), dropout, batch norm (+ decay), early stopping, augmentation on digits."""
+    _run("regularization", quick, out, seed)
+
+
+@app.command("bias_variance")
+def bias_variance(quick: QuickOpt = False, out: OutOpt = None, seed: SeedOpt = 0) -> None:
+    """Bootstrap bias^2 / variance across model complexity on a real regression set; MLP width sweep."""
+    _run("bias_variance", quick, out, seed)
+
+
+@app.command("trees_vs_dnn")
+def trees_vs_dnn(quick: QuickOpt = False, out: OutOpt = None, seed: SeedOpt = 0) -> None:
+    """Gradient boosting vs MLP (and CNN / embedding model) on tabular, image and text data."""
+    _run("trees_vs_dnn", quick, out, seed)
+
+
+@app.command("gan")
+def gan(quick: QuickOpt = False, out: OutOpt = None, seed: SeedOpt = 0) -> None:
+    """A digits GAN with mode collapse measured and remedies; a conditional tabular GAN vs SMOTE on fraud."""
+    _run("gan", quick, out, seed)
+
+
+@app.command()
+def bench(
+    out: OutOpt = None,
+    only: Annotated[str | None, typer.Option(help="comma-separated experiments (default: all four)")] = None,
+    quick: QuickOpt = False,
+    seed: SeedOpt = 0,
+) -> None:
+    """Run the experiments (full form) into one bench JSON with a PNG per experiment."""
+    from systems.common.errors import MlsdError
+
+    names = [n.strip() for n in only.split(",")] if only else list(EXPERIMENTS)
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise MlsdError(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
+    for name in names:
+        console.rule(name)
+        if out is not None:  # one JSON, a PNG per experiment beside it
+            stored = _run_into(name, quick, out, seed)
+        else:
+            stored = _run(name, quick, None, seed)
+        del stored
+
+
+def _run_into(name: str, quick: bool, out: Path, seed: int) -> dict[str, Any]:
+    from systems.modeling.experiment import experiment_module
+
+    result = _run(name, quick, out, seed)
+    png = out.with_name(f"{name}.png")
+    experiment_module(name).plot(result, png)
+    out.with_suffix(".png").unlink(missing_ok=True)
+    return result
+
+
+@app.command()
+def demo() -> None:
+    """The four experiments in their quick form (seconds each), written under the data dir."""
+    from systems.common.settings import MlsdSettings
+
+    settings = MlsdSettings()
+    settings.ensure_dirs()
+    folder = settings.system_dir("modeling")
+    t0 = time.perf_counter()
+    for name in EXPERIMENTS:
+        console.rule(name)
+        _run(name, True, folder / f"{name}.json", 0)
+    console.print(f"[green]✓[/] modeling demo: four quick experiments in {time.perf_counter() - t0:.0f} s, "
+                  f"results in {folder}")  # fmt: skip
