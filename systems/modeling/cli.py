@@ -37,12 +37,13 @@ OutOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option(help="base seed (data split and the first model seed)")]
 
 
-def _run(name: str, quick: bool, out: Path | None, seed: int) -> dict[str, Any]:
+def _run(name: str, quick: bool, out: Path | None, seed: int, png: Path | None = None) -> dict[str, Any]:
+    png = png or png_path(name, out)
     with console.status(name) as status:
-        result = run_experiment(name, quick=quick, out=out, seed=seed, progress=lambda m: status.update(m))
+        result = run_experiment(name, quick=quick, out=out, png=png, seed=seed, progress=lambda m: status.update(m))
     _summary(name, result)
-    console.print(f"[green]✓[/] {name} ({result['form']}, {result['seconds']:.0f} s): wrote "
-                  f"{out or 'systems/modeling/bench/modeling.json'} and {png_path(name, out)}")  # fmt: skip
+    where = out or "systems/modeling/bench/modeling.json"
+    console.print(f"[green]✓[/] {name} ({result['form']}, {result['seconds']:.0f} s): wrote {where} and {png}")
     return result
 
 
@@ -54,8 +55,14 @@ def _summary(name: str, r: dict[str, Any]) -> None:
             table.add_column(col)
         for tech in r["ranking_by_test_acc"]:
             t = r["techniques"][tech]
-            table.add_row(tech, f"{t['strength']:g}", f"{t['test_acc']['mean']:.3f}", f"{t['gap_acc']:.3f}",
-                          f"{t['zero_fraction']:.1%}", f"{t['seconds_per_run']:.2f}")  # fmt: skip
+            table.add_row(
+                tech,
+                f"{t['strength']:g}",
+                f"{t['test_acc']['mean']:.3f}",
+                f"{t['gap_acc']:.3f}",
+                f"{t['zero_fraction']:.1%}",
+                f"{t['seconds_per_run']:.2f}",
+            )
     else:
         table.add_column("key")
         table.add_column("value")
@@ -104,21 +111,8 @@ def bench(
         raise MlsdError(f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
     for name in names:
         console.rule(name)
-        if out is not None:  # one JSON, a PNG per experiment beside it
-            stored = _run_into(name, quick, out, seed)
-        else:
-            stored = _run(name, quick, None, seed)
-        del stored
-
-
-def _run_into(name: str, quick: bool, out: Path, seed: int) -> dict[str, Any]:
-    from systems.modeling.experiment import experiment_module
-
-    result = _run(name, quick, out, seed)
-    png = out.with_name(f"{name}.png")
-    experiment_module(name).plot(result, png)
-    out.with_suffix(".png").unlink(missing_ok=True)
-    return result
+        # one JSON for all four; each experiment's plot beside it, named for the experiment
+        _run(name, quick, out, seed, png=None if out is None else out.with_name(f"{name}.png"))
 
 
 @app.command()
@@ -133,5 +127,6 @@ def demo() -> None:
     for name in EXPERIMENTS:
         console.rule(name)
         _run(name, True, folder / f"{name}.json", 0)
-    console.print(f"[green]✓[/] modeling demo: four quick experiments in {time.perf_counter() - t0:.0f} s, "
-                  f"results in {folder}")  # fmt: skip
+    console.print(
+        f"[green]✓[/] modeling demo: four quick experiments in {time.perf_counter() - t0:.0f} s, results in {folder}"
+    )

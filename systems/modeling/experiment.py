@@ -104,18 +104,29 @@ def png_path(name: str, out: Path | None) -> Path:
 
 
 def run_experiment(
-    name: str, *, quick: bool = False, out: Path | None = None, seed: int = 0, progress: Progress | None = None
+    name: str,
+    *,
+    quick: bool = False,
+    out: Path | None = None,
+    png: Path | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run one experiment and write its section (JSON) and plot (PNG); returns the stored section."""
+    """Run one experiment and write its section (JSON) and plot (PNG, default :func:`png_path`); returns the
+    stored section."""
     if out is not None and Path(out).suffix != ".json":
         raise MlsdError(f"--out must name a .json file (the PNG goes beside it), got {out}")
+    from threadpoolctl import threadpool_limits
+
     module = experiment_module(name)
     t0 = time.perf_counter()
-    result = module.run(quick=quick, seed=seed, progress=progress or _quiet)
+    # one BLAS thread: the matrices are small, and two threads on a shared 2-core machine mostly wait
+    with threadpool_limits(limits=1, user_api="blas"):
+        result = module.run(quick=quick, seed=seed, progress=progress or _quiet)
     result = {**rounded(result), "form": "quick" if quick else "full", "seconds": round(time.perf_counter() - t0, 1)}
     report = BenchReport(SYSTEM, out=out)
     stored = report.section(name, result)
-    png = png_path(name, out)
+    png = png or png_path(name, out)
     png.parent.mkdir(parents=True, exist_ok=True)
     module.plot(stored, png)
     return stored

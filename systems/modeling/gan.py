@@ -85,7 +85,7 @@ def train_evaluator(data: dict[str, np.ndarray], *, seed: int) -> tuple[Any, flo
     net = FeedForwardClassifier(64, 128, 10, dropout=0.2)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(60):
+    for _ in range(30):
         perm = torch.randperm(len(x), generator=gen)
         for s in range(0, len(x), 64):
             idx = perm[s : s + 64]
@@ -111,13 +111,13 @@ def _features(evaluator: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (the FID formula)."""
-    from scipy import linalg
-
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)
-    covmean = np.real(covmean)
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * covmean))
+    # tr sqrt(S1 S2) = sum of sqrt of the eigenvalues of S1 S2 (real, >= 0 in exact arithmetic); this avoids
+    # sqrtm's failure on the singular covariances that dead ReLU units give
+    eig = np.linalg.eigvals(s1 @ s2)
+    tr_covmean = float(np.sqrt(np.clip(eig.real, 0, None)).sum())
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
 
 
 def class_metrics(evaluator: Any, x: np.ndarray, real_features: np.ndarray) -> dict[str, Any]:
@@ -125,8 +125,10 @@ def class_metrics(evaluator: Any, x: np.ndarray, real_features: np.ndarray) -> d
     h, prob = _features(evaluator, x)
     share = np.bincount(prob.argmax(1), minlength=10) / len(x)
     nz = share[share > 0]
+    coverage = int(np.sum(share >= COVERED_SHARE))
     return {
-        "coverage": int(np.sum(share >= COVERED_SHARE)),
+        "coverage": coverage,
+        "collapsed": coverage < COLLAPSE_COVERAGE or float(share.max()) > COLLAPSE_MAX_SHARE,
         "entropy": float(-(nz * np.log(nz)).sum() / np.log(10)),  # 1 = uniform over the 10 classes
         "max_share": float(share.max()),
         "confident": float(np.mean(prob.max(1) >= 0.9)),
@@ -144,7 +146,11 @@ def _digits_nets(variant: str) -> tuple[Any, Any]:
     )  # (B, 16) -> (B, 64)
     wrap = spectral_norm if variant == "spectral_norm" else (lambda m: m)
     disc = nn.Sequential(
-        wrap(nn.Linear(64, 256)), nn.LeakyReLU(0.2), wrap(nn.Linear(256, 128)), nn.LeakyReLU(0.2), wrap(nn.Linear(128, 1))
+        wrap(nn.Linear(64, 256)),
+        nn.LeakyReLU(0.2),
+        wrap(nn.Linear(256, 128)),
+        nn.LeakyReLU(0.2),
+        wrap(nn.Linear(128, 1)),
     )  # (B, 64) -> (B, 1) logit (a critic score for WGAN-GP)
     return gen, disc
 
@@ -168,7 +174,9 @@ def train_digits_gan(
     n_critic, batch = (5 if wgan else 1), 64
     rng = torch.Generator().manual_seed(seed)
     z_eval = torch.randn(1000, Z_DIM, generator=rng)
-    log: dict[str, list[float]] = {k: [] for k in ("step", "loss_g", "loss_d", "coverage", "entropy", "max_share", "fd")}
+    log: dict[str, list[float]] = {
+        k: [] for k in ("step", "loss_g", "loss_d", "coverage", "entropy", "max_share", "fd")
+    }
     acc_g, acc_d, n_acc = 0.0, 0.0, 0
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
@@ -195,14 +203,20 @@ def train_digits_gan(
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         opt_g.step()
-        acc_g, acc_d, n_acc = acc_g + float(loss_g), acc_d + float(loss_d), n_acc + 1
+        acc_g, acc_d, n_acc = acc_g + loss_g.item(), acc_d + loss_d.item(), n_acc + 1
         if step % log_every == 0 or step == steps:
             with torch.inference_mode():
                 samples = gen(z_eval).numpy()
             m = class_metrics(evaluator, samples, real_feats)
-            for key, value in (("step", step), ("loss_g", acc_g / n_acc), ("loss_d", acc_d / n_acc),
-                               ("coverage", m["coverage"]), ("entropy", m["entropy"]),
-                               ("max_share", m["max_share"]), ("fd", m["fd"])):  # fmt: skip
+            for key, value in (
+                ("step", step),
+                ("loss_g", acc_g / n_acc),
+                ("loss_d", acc_d / n_acc),
+                ("coverage", m["coverage"]),
+                ("entropy", m["entropy"]),
+                ("max_share", m["max_share"]),
+                ("fd", m["fd"]),
+            ):
                 log[key].append(float(value))
             acc_g, acc_d, n_acc = 0.0, 0.0, 0
     seconds = time.perf_counter() - t0
@@ -210,14 +224,15 @@ def train_digits_gan(
         samples = gen(z_eval).numpy()
     final = class_metrics(evaluator, samples, real_feats)
     collapsed_at = [
-        int(s) for s, c, ms in zip(log["step"], log["coverage"], log["max_share"], strict=True)
+        int(s)
+        for s, c, ms in zip(log["step"], log["coverage"], log["max_share"], strict=True)
         if c < COLLAPSE_COVERAGE or ms > COLLAPSE_MAX_SHARE
-    ]  # fmt: skip
+    ]
     return {
         "final": final,
         "log": log,
         "collapse_flagged_steps": collapsed_at,
-        "collapsed_at_end": final["coverage"] < COLLAPSE_COVERAGE or final["max_share"] > COLLAPSE_MAX_SHARE,
+        "collapsed_at_end": final["collapsed"],
         "seconds": seconds,
         "samples": samples[:100],
     }
@@ -251,10 +266,16 @@ class TabularCGAN:
         self.values = {j: np.unique(x[:, j]) for j in self.discrete}
         xt = torch.as_tensor(self.qt.transform(x), dtype=torch.float32)  # (N, F)
         f, h = x.shape[1], self.hidden
-        self.gen = nn.Sequential(nn.Linear(self.z_dim + 2, h), nn.LeakyReLU(0.2), nn.Linear(h, h), nn.LeakyReLU(0.2),
-                                 nn.Linear(h, f))  # fmt: skip
-        disc = nn.Sequential(spectral_norm(nn.Linear(f + 2, h)), nn.LeakyReLU(0.2), spectral_norm(nn.Linear(h, h)),
-                             nn.LeakyReLU(0.2), spectral_norm(nn.Linear(h, 1)))  # fmt: skip
+        self.gen = nn.Sequential(
+            nn.Linear(self.z_dim + 2, h), nn.LeakyReLU(0.2), nn.Linear(h, h), nn.LeakyReLU(0.2), nn.Linear(h, f)
+        )
+        disc = nn.Sequential(
+            spectral_norm(nn.Linear(f + 2, h)),
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Linear(h, h)),
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Linear(h, 1)),
+        )
         opt_g = torch.optim.Adam(self.gen.parameters(), lr=2e-4, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
         by_class = [torch.as_tensor(np.flatnonzero(y == c)) for c in (0, 1)]
@@ -270,7 +291,9 @@ class TabularCGAN:
                 idx[mask] = pool[torch.randint(0, len(pool), (int(mask.sum()),), generator=rng)]
             cond = eye[cls]  # (B, 2)
             real = torch.cat([xt[idx], cond], 1)
-            fake = torch.cat([self.gen(torch.cat([torch.randn(self.batch, self.z_dim, generator=rng), cond], 1)), cond], 1)
+            fake = torch.cat(
+                [self.gen(torch.cat([torch.randn(self.batch, self.z_dim, generator=rng), cond], 1)), cond], 1
+            )
             lr_, lf_ = disc(real).squeeze(1), disc(fake.detach()).squeeze(1)
             loss_d = F.binary_cross_entropy_with_logits(lr_, torch.ones_like(lr_)) + F.binary_cross_entropy_with_logits(
                 lf_, torch.zeros_like(lf_)
@@ -283,7 +306,7 @@ class TabularCGAN:
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
-            g_acc, d_acc = g_acc + float(loss_g), d_acc + float(loss_d)
+            g_acc, d_acc = g_acc + loss_g.item(), d_acc + loss_d.item()
             if step % 100 == 0:
                 self.losses["step"].append(step)
                 self.losses["loss_g"].append(g_acc / 100)
@@ -349,7 +372,7 @@ def fraud_oversampling(*, quick: bool, seed: int, progress: Progress) -> dict[st
         xs, ys = smote(x, y, ratio=SMOTE_RATIO, k=SMOTE_K, seed=s)
         progress(f"gan: fraud conditional GAN seed {s}")
         t0 = time.perf_counter()
-        cgan = TabularCGAN(seed=s, steps=600 if quick else 3000).fit(x, y)
+        cgan = TabularCGAN(seed=s, steps=400 if quick else 2000).fit(x, y)
         synth = cgan.sample(n_new, 1)
         gan_seconds.append(time.perf_counter() - t0)
         gan_losses = gan_losses or cgan.losses
@@ -371,15 +394,23 @@ def fraud_oversampling(*, quick: bool, seed: int, progress: Progress) -> dict[st
 
     ap_lo, ap_hi = bootstrap_ci(
         lambda yy, a, b: average_precision_score(yy, a) - average_precision_score(yy, b),
-        yt, avg["cgan"], avg["smote"], n_boot=500 if not quick else 100, seed=seed,
-    )  # fmt: skip
+        yt,
+        avg["cgan"],
+        avg["smote"],
+        n_boot=500 if not quick else 100,
+        seed=seed,
+    )
     day, cust = test["day"].to_numpy(), test["customer_id"].to_numpy()
     idx_all = np.arange(len(yt))
     cp_lo, cp_hi = bootstrap_ci(
-        lambda i: card_precision_at_k(day[i], cust[i], yt[i], avg["cgan"][i])
-        - card_precision_at_k(day[i], cust[i], yt[i], avg["smote"][i]),
-        idx_all, n_boot=200 if not quick else 30, seed=seed,
-    )  # fmt: skip
+        lambda i: (
+            card_precision_at_k(day[i], cust[i], yt[i], avg["cgan"][i])
+            - card_precision_at_k(day[i], cust[i], yt[i], avg["smote"][i])
+        ),
+        idx_all,
+        n_boot=200 if not quick else 30,
+        seed=seed,
+    )
     summary = {
         name: {metric: mean_ci([r[metric] for r in rows]) for metric in ("ap", "cp@100", "auc")}
         for name, rows in per.items()
@@ -429,12 +460,14 @@ def run(*, quick: bool = False, seed: int = 0, progress: Progress) -> dict[str, 
         ref_untrained = class_metrics(evaluator, untrained_gen(torch.randn(1000, Z_DIM)).numpy(), real_feats)
     seeds = [seed] if quick else [seed, seed + 1, seed + 2]
     variants = ("vanilla", "spectral_norm") if quick else VARIANTS
-    steps, log_every = (800, 100) if quick else (4000, 200)
+    steps, log_every = (600, 150) if quick else (2000, 200)
     runs: dict[str, list[dict[str, Any]]] = {}
     for v in variants:
         for s in seeds:
             progress(f"gan: digits {v} seed {s}")
-            runs.setdefault(v, []).append(train_digits_gan(v, data, evaluator, seed=s, steps=steps, log_every=log_every))
+            runs.setdefault(v, []).append(
+                train_digits_gan(v, data, evaluator, seed=s, steps=steps, log_every=log_every)
+            )
     digits: dict[str, Any] = {}
     for v, rs in runs.items():
         digits[v] = {
@@ -501,8 +534,12 @@ def plot(result: dict[str, Any], png: Path) -> None:
     for i, (v, r) in enumerate(d.items()):
         ax.plot(r["log"]["step"], r["log"]["fd"], "-", color=f"C{i}", label=v)
     ax.axhline(result["reference"]["real_held_out"]["fd"], color="k", ls="--", lw=0.8, label="real vs real")
-    ax.set(xlabel="generator step", ylabel="Fréchet distance (evaluator features)", yscale="log",
-           title="sample quality (seed 0)")  # fmt: skip
+    ax.set(
+        xlabel="generator step",
+        ylabel="Fréchet distance (evaluator features)",
+        yscale="log",
+        title="sample quality (seed 0)",
+    )
     ax.legend(fontsize=7)
     ax = axes[0, 3]
     names = list(d)
@@ -522,8 +559,10 @@ def plot(result: dict[str, Any], png: Path) -> None:
     strategies = list(f)
     for j, metric in enumerate(("ap", "cp@100")):
         means = [f[s][metric]["mean"] for s in strategies]
-        err = [[m - f[s][metric]["lo"] for s, m in zip(strategies, means, strict=True)],
-               [f[s][metric]["hi"] - m for s, m in zip(strategies, means, strict=True)]]  # fmt: skip
+        err = [
+            [m - f[s][metric]["lo"] for s, m in zip(strategies, means, strict=True)],
+            [f[s][metric]["hi"] - m for s, m in zip(strategies, means, strict=True)],
+        ]
         ax.bar(np.arange(len(strategies)) + 0.4 * j, means, 0.4, yerr=err, label=metric, capsize=3)
     ax.set_xticks(np.arange(len(strategies)) + 0.2, strategies)
     ax.set(ylabel="test metric (mean over seeds, t-interval)", title="fraud: oversampling the frauds (XGBoost)")
@@ -533,8 +572,12 @@ def plot(result: dict[str, Any], png: Path) -> None:
     ax.plot(losses["step"], losses["loss_d"], label="D")
     ax.plot(losses["step"], losses["loss_g"], label="G")
     ts = result["fraud"]["two_sample_auc"]
-    ax.set(xlabel="step", ylabel="loss", title=f"tabular cGAN losses; real-vs-synthetic AUC: "
-           f"cGAN {ts['cgan']['mean']:.2f}, SMOTE {ts['smote']['mean']:.2f}")  # fmt: skip
+    ax.set(
+        xlabel="step",
+        ylabel="loss",
+        title=f"tabular cGAN losses; real-vs-synthetic AUC: "
+        f"cGAN {ts['cgan']['mean']:.2f}, SMOTE {ts['smote']['mean']:.2f}",
+    )
     ax.legend()
     fig.suptitle(f"GANs ({result['form']} form)")
     fig.tight_layout()

@@ -80,17 +80,23 @@ def configs(quick: bool) -> list[Config]:
     out += [Config(technique="l1", strength=s, l1=s) for s in pick([0.01, 0.03, 0.1, 0.3], [0.1])]
     out += [Config(technique="dropout", strength=s, dropout=s) for s in pick([0.1, 0.3, 0.5, 0.7], [0.5])]
     out += [Config(technique="batchnorm", batchnorm=True)]
-    out += [
-        Config(technique="batchnorm+decay", strength=s, batchnorm=True, decay=s) for s in pick([0.1, 1.0], [1.0])
-    ]
+    out += [Config(technique="batchnorm+decay", strength=s, batchnorm=True, decay=s) for s in pick([0.1, 1.0], [1.0])]
     out += [Config(technique="early_stopping", early_stop=True)]
     out += [Config(technique="augmentation", strength=float(s), shift=s) for s in (1, 2)[: 1 if quick else 2]]
     return out
 
 
 TECHNIQUES = (
-    "none", "l2", "adamw", "l1", "dropout", "batchnorm", "batchnorm+decay", "early_stopping", "augmentation",
-)  # fmt: skip
+    "none",
+    "l2",
+    "adamw",
+    "l1",
+    "dropout",
+    "batchnorm",
+    "batchnorm+decay",
+    "early_stopping",
+    "augmentation",
+)
 
 
 def load_digits_split(seed: int = 0) -> dict[str, np.ndarray]:
@@ -332,7 +338,7 @@ def run(*, quick: bool = False, seed: int = 0, progress: Progress) -> dict[str, 
             "val_acc_with": bn_decay["val_acc"],
         },
         "weight_hist": {
-            name: np.histogram(np.log10(w[w > 0]), bins=40, range=(-8, 0))[0].tolist() + [int((w == 0).sum())]
+            name: [*np.histogram(np.log10(w[w > 0]), bins=40, range=(-8, 0))[0].tolist(), int((w == 0).sum())]
             for name, w in hist_src.items()
         },
     }
@@ -370,8 +376,10 @@ def plot(result: dict[str, Any], png: Path) -> None:
     ax = axes[1, 0]
     names = result["ranking_by_test_acc"]
     means = [tech[n]["test_acc"]["mean"] for n in names]
-    err = [[m - tech[n]["test_acc"]["lo"] for n, m in zip(names, means, strict=True)],
-           [tech[n]["test_acc"]["hi"] - m for n, m in zip(names, means, strict=True)]]  # fmt: skip
+    err = [
+        [m - tech[n]["test_acc"]["lo"] for n, m in zip(names, means, strict=True)],
+        [tech[n]["test_acc"]["hi"] - m for n, m in zip(names, means, strict=True)],
+    ]
     ax.barh(range(len(names)), means, xerr=err, color="C0", alpha=0.7)
     ax.set_yticks(range(len(names)), [f"{n} ({tech[n]['strength']:g})" for n in names], fontsize=8)
     ax.set_xlim(min(means) - 0.03, 1.0)

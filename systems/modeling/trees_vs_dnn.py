@@ -162,8 +162,9 @@ def load_digit_images(quick: bool, seed: int) -> Dataset:
     d = load_digits()
     x, y = (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
     tr, va, te = _three_way(x, y, seed)
-    return Dataset("digits", "image", "accuracy", x[tr], y[tr], x[va], y[va], x[te], y[te],
-                   features=[f"px{i}" for i in range(64)])  # fmt: skip
+    return Dataset(
+        "digits", "image", "accuracy", x[tr], y[tr], x[va], y[va], x[te], y[te], features=[f"px{i}" for i in range(64)]
+    )
 
 
 def load_text(quick: bool, seed: int) -> Dataset:
@@ -180,10 +181,18 @@ def load_text(quick: bool, seed: int) -> Dataset:
     vec = CountVectorizer(max_features=1000, binary=True, min_df=2).fit([texts[i] for i in tr])  # train only
     bow = vec.transform(texts).astype(np.float32).tocsr()
     return Dataset(
-        "text", "text", "auc", bow[tr], y[tr], bow[va], y[va], bow[te], y[te],
+        "text",
+        "text",
+        "auc",
+        bow[tr],
+        y[tr],
+        bow[va],
+        y[va],
+        bow[te],
+        y[te],
         features=list(vec.get_feature_names_out()),
         texts={"train": [texts[i] for i in tr], "val": [texts[i] for i in va], "test": [texts[i] for i in te]},
-    )  # fmt: skip
+    )
 
 
 LOADERS: dict[str, Callable[[bool, int], Dataset]] = {
@@ -226,10 +235,17 @@ class GBM(Model):
         multi = ds.n_classes > 2
         t0 = time.perf_counter()
         self.est = xgb.XGBClassifier(
-            n_estimators=self.max_rounds, learning_rate=0.1, max_depth=self.config["max_depth"], subsample=0.9,
-            colsample_bytree=0.9, tree_method="hist", n_jobs=2, random_state=self.seed, early_stopping_rounds=30,
+            n_estimators=self.max_rounds,
+            learning_rate=0.1,
+            max_depth=self.config["max_depth"],
+            subsample=0.9,
+            colsample_bytree=0.9,
+            tree_method="hist",
+            n_jobs=2,
+            random_state=self.seed,
+            early_stopping_rounds=30,
             eval_metric="mlogloss" if multi else "logloss",
-        )  # fmt: skip
+        )
         self.est.fit(x, y, eval_set=[(ds.x_val, ds.y_val)], verbose=False)
         self.fit_s = time.perf_counter() - t0
         self.est.get_booster().set_param({"nthread": 1})
@@ -269,7 +285,8 @@ class TorchNet(Model):
     def _bags(self, texts: list[str]) -> Any:
         import torch
 
-        ids, offsets = [], []
+        ids: list[int] = []
+        offsets: list[int] = []
         for text in texts:
             offsets.append(len(ids))
             ids.extend(self.vocab[w] for w in self.analyzer(text) if w in self.vocab)
@@ -287,10 +304,15 @@ class TorchNet(Model):
         if self.family == "cnn":
             c = self.config["channels"]
             return nn.Sequential(
-                nn.Conv2d(1, c, 3, padding=1), nn.ReLU(),  # (B, c, 8, 8)
-                nn.Conv2d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 2c, 4, 4)
-                nn.Flatten(), nn.Dropout(self.config["dropout"]), nn.Linear(2 * c * 16, out),
-            )  # fmt: skip
+                nn.Conv2d(1, c, 3, padding=1),
+                nn.ReLU(),  # (B, c, 8, 8)
+                nn.Conv2d(c, 2 * c, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),  # (B, 2c, 4, 4)
+                nn.Flatten(),
+                nn.Dropout(self.config["dropout"]),
+                nn.Linear(2 * c * 16, out),
+            )
 
         class BagOfEmbeddings(nn.Module):
             """Mean of learned word vectors -> ReLU layer -> logit (fastText-like)."""
@@ -314,7 +336,9 @@ class TorchNet(Model):
         ends = torch.cat([offsets[1:], torch.tensor([len(ids)])])
         parts = [ids[offsets[i] : ends[i]] for i in idx.tolist()]
         lens = torch.tensor([len(p) for p in parts])
-        return torch.cat(parts) if parts else ids[:0], torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)[:-1]])
+        return torch.cat(parts) if parts else ids[:0], torch.cat(
+            [torch.zeros(1, dtype=torch.long), lens.cumsum(0)[:-1]]
+        )
 
     def _n(self, xt: Any) -> int:
         return len(xt[1]) if self.family == "embedding" else len(xt)
@@ -328,8 +352,9 @@ class TorchNet(Model):
         if ds.kind == "tabular":
             from sklearn.preprocessing import QuantileTransformer
 
-            self.transform = QuantileTransformer(output_distribution="normal", n_quantiles=min(1000, len(y)),
-                                                 random_state=self.seed).fit(x)  # fmt: skip
+            self.transform = QuantileTransformer(
+                output_distribution="normal", n_quantiles=min(1000, len(y)), random_state=self.seed
+            ).fit(x)
         if self.family == "embedding":
             from sklearn.feature_extraction.text import CountVectorizer
 
@@ -403,11 +428,20 @@ def families(ds: Dataset) -> list[str]:
 def build(family: str, config: dict[str, Any], *, seed: int, quick: bool) -> Any:
     if family == "gbm":
         return GBM(config, seed=seed, max_rounds=100 if quick else 600)
-    return TorchNet(family, config, seed=seed, epochs=6 if quick else 30)
+    return TorchNet(family, config, seed=seed, epochs=6 if quick else 20)
 
 
-def fit(family: str, config: dict[str, Any], ds: Dataset, x: Any, y: np.ndarray, *, seed: int, quick: bool,
-        texts: list[str] | None = None) -> Any:  # fmt: skip
+def fit(
+    family: str,
+    config: dict[str, Any],
+    ds: Dataset,
+    x: Any,
+    y: np.ndarray,
+    *,
+    seed: int,
+    quick: bool,
+    texts: list[str] | None = None,
+) -> Any:
     model = build(family, config, seed=seed, quick=quick)
     if isinstance(model, TorchNet):
         return model.fit(ds, x, y, texts=texts)
@@ -489,8 +523,18 @@ def _with_noise(ds: Dataset, m: int, seed: int) -> Dataset:
     def add(x: np.ndarray) -> np.ndarray:
         return np.hstack([x, rng.normal(size=(len(x), m))])
 
-    return Dataset(ds.name, ds.kind, ds.metric, add(ds.x_train), ds.y_train, add(ds.x_val), ds.y_val,
-                   add(ds.x_test), ds.y_test, features=ds.features + [f"noise{i}" for i in range(m)])  # fmt: skip
+    return Dataset(
+        ds.name,
+        ds.kind,
+        ds.metric,
+        add(ds.x_train),
+        ds.y_train,
+        add(ds.x_val),
+        ds.y_val,
+        add(ds.x_test),
+        ds.y_test,
+        features=ds.features + [f"noise{i}" for i in range(m)],
+    )
 
 
 def evaluate_dataset(ds: Dataset, *, quick: bool, seed: int, progress: Progress) -> dict[str, Any]:
@@ -498,9 +542,13 @@ def evaluate_dataset(ds: Dataset, *, quick: bool, seed: int, progress: Progress)
     from systems.common.bench import bootstrap_ci
 
     fams = families(ds)
-    out: dict[str, Any] = {"kind": ds.kind, "metric": ds.metric, "rows": {
-        "train": int(ds.y_train.shape[0]), "val": int(ds.y_val.shape[0]), "test": int(ds.y_test.shape[0])},
-        "features": len(ds.features), "models": {}}  # fmt: skip
+    out: dict[str, Any] = {
+        "kind": ds.kind,
+        "metric": ds.metric,
+        "rows": {"train": int(ds.y_train.shape[0]), "val": int(ds.y_val.shape[0]), "test": int(ds.y_test.shape[0])},
+        "features": len(ds.features),
+        "models": {},
+    }
     chosen: dict[str, Any] = {}
     test_scores: dict[str, np.ndarray] = {}
     for fam in fams:
@@ -529,12 +577,15 @@ def evaluate_dataset(ds: Dataset, *, quick: bool, seed: int, progress: Progress)
     best_net = max(nets, key=lambda f: out["models"][f]["val"])
     diff_lo, diff_hi = bootstrap_ci(
         lambda yy, a, b: score(ds.metric, yy, a) - score(ds.metric, yy, b),
-        ds.y_test, test_scores["gbm"], test_scores[best_net], n_boot=300, seed=seed,
-    )  # fmt: skip
+        ds.y_test,
+        test_scores["gbm"],
+        test_scores[best_net],
+        n_boot=300,
+        seed=seed,
+    )
     gbm_test, net_test = out["models"]["gbm"]["test"], out["models"][best_net]["test"]
     out["gbm_minus_best_net"] = {"net": best_net, "diff": gbm_test - net_test, "ci": [diff_lo, diff_hi]}
-    out["winner"] = ("tie (interval covers 0)" if diff_lo <= 0 <= diff_hi
-                     else "gbm" if gbm_test > net_test else best_net)  # fmt: skip
+    out["winner"] = "tie (interval covers 0)" if diff_lo <= 0 <= diff_hi else "gbm" if gbm_test > net_test else best_net
 
     # learning curves at the chosen configurations
     fracs = [0.25, 1.0] if quick else [0.1, 0.3, 1.0]
@@ -550,8 +601,11 @@ def evaluate_dataset(ds: Dataset, *, quick: bool, seed: int, progress: Progress)
             cfg = out["models"][fam]["config"]
             model = fit(fam, cfg, ds, _rows(ds.x_train, idx), ds.y_train[idx], seed=seed, quick=quick, texts=texts)
             curve[fam].append(score(ds.metric, ds.y_test, predict(model, ds, ds.x_test, ds.texts.get("test"))))
-    out["learning_curve"] = {"train_rows": [int(len(_subsample(ds.y_train, f, seed))) for f in fracs],
-                             "fractions": fracs, **curve}  # fmt: skip
+    out["learning_curve"] = {
+        "train_rows": [len(_subsample(ds.y_train, f, seed)) for f in fracs],
+        "fractions": fracs,
+        **curve,
+    }
 
     if ds.kind == "tabular":
         f = len(ds.features)
@@ -561,14 +615,16 @@ def evaluate_dataset(ds: Dataset, *, quick: bool, seed: int, progress: Progress)
             noisy = _with_noise(ds, m, seed)
             for fam in fams:
                 progress(f"trees_vs_dnn: {ds.name} +{m} noise columns {fam}")
-                model = fit(fam, out["models"][fam]["config"], noisy, noisy.x_train, noisy.y_train, seed=seed,
-                            quick=quick)  # fmt: skip
+                model = fit(
+                    fam, out["models"][fam]["config"], noisy, noisy.x_train, noisy.y_train, seed=seed, quick=quick
+                )
                 noise[fam].append(score(ds.metric, noisy.y_test, predict(model, noisy, noisy.x_test)))
                 if fam == "gbm" and m == levels[-1]:
                     shap = tree_shap(model, noisy, noisy.x_test, noisy.features)
                     total = sum(shap["mean_abs"].values())
-                    noise["gbm_shap_share_on_noise"] = sum(v for k, v in shap["mean_abs"].items()
-                                                           if k.startswith("noise")) / total  # fmt: skip
+                    noise["gbm_shap_share_on_noise"] = (
+                        sum(v for k, v in shap["mean_abs"].items() if k.startswith("noise")) / total
+                    )
         noise["drop"] = {fam: noise[fam][0] - noise[fam][-1] for fam in fams}
         out["noise_columns"] = noise
         out["shap"] = tree_shap(chosen["gbm"], ds, np.asarray(ds.x_test), ds.features)
@@ -593,8 +649,9 @@ def run(*, quick: bool = False, seed: int = 0, progress: Progress) -> dict[str, 
         "summary": {
             "tabular_gbm_wins": sum(results[n]["winner"] == "gbm" for n in tab),
             "tabular_datasets": len(tab),
-            "unstructured_net_wins": sum(results[n]["winner"] not in ("gbm",) and "tie" not in results[n]["winner"]
-                                         for n in uns),  # fmt: skip
+            "unstructured_net_wins": sum(
+                results[n]["winner"] not in ("gbm",) and "tie" not in results[n]["winner"] for n in uns
+            ),
             "unstructured_datasets": len(uns),
         },
         "grinsztajn_2022": GRINSZTAJN_2022,
@@ -616,8 +673,12 @@ def plot(result: dict[str, Any], png: Path) -> None:
         lc = data[name]["learning_curve"]
         for fam, m in data[name]["models"].items():
             ax.plot(lc["train_rows"], lc[fam], "o-", color=colours[fam], label=f"{fam} (test {m['test']:.3f})")
-        ax.set(xscale="log", xlabel="training rows", ylabel=f"test {data[name]['metric']}",
-               title=f"{name} ({data[name]['kind']}): winner {data[name]['winner']}")  # fmt: skip
+        ax.set(
+            xscale="log",
+            xlabel="training rows",
+            ylabel=f"test {data[name]['metric']}",
+            title=f"{name} ({data[name]['kind']}): winner {data[name]['winner']}",
+        )
         ax.legend(fontsize=8)
     ax_noise, ax_time, ax_lat, ax_shap = axes[1][0], axes[1][1], axes[1][2], axes[1][3]
     for name in names:
@@ -625,10 +686,19 @@ def plot(result: dict[str, Any], png: Path) -> None:
         if not noise:
             continue
         for fam in ("gbm", "mlp"):
-            ax_noise.plot(noise["added_columns"], noise[fam], "o-" if fam == "gbm" else "s--", color=colours[fam],
-                          label=f"{name} {fam}", alpha=1.0 if name == "fraud" else 0.55)  # fmt: skip
-    ax_noise.set(xlabel="added Gaussian noise columns", ylabel="test metric (fraud AP, reviews AUC)",
-                 title="robustness to uninformative features")  # fmt: skip
+            ax_noise.plot(
+                noise["added_columns"],
+                noise[fam],
+                "o-" if fam == "gbm" else "s--",
+                color=colours[fam],
+                label=f"{name} {fam}",
+                alpha=1.0 if name == "fraud" else 0.55,
+            )
+    ax_noise.set(
+        xlabel="added Gaussian noise columns",
+        ylabel="test metric (fraud AP, reviews AUC)",
+        title="robustness to uninformative features",
+    )
     ax_noise.legend(fontsize=7)
     labels, fits, singles, batched = [], [], [], []
     for name in names:
