@@ -49,25 +49,61 @@ def _run(name: str, quick: bool, out: Path | None, seed: int, png: Path | None =
 
 def _summary(name: str, r: dict[str, Any]) -> None:
     """The headline rows of each experiment, as a table."""
-    table = Table(title=f"{name}: {r.get('answer', '')}")
+    table = Table(title=f"{name} ({r['form']} form)")
+    rows: list[tuple[str, ...]] = []
+    cols: tuple[str, ...]
     if name == "regularization":
-        for col in ("technique", "strength", "test acc", "train-val gap", "exact zeros", "s/run"):
-            table.add_column(col)
+        cols = ("technique", "strength", "test acc", "train-val gap", "exact zeros", "s/run")
         for tech in r["ranking_by_test_acc"]:
             t = r["techniques"][tech]
-            table.add_row(
-                tech,
-                f"{t['strength']:g}",
-                f"{t['test_acc']['mean']:.3f}",
-                f"{t['gap_acc']:.3f}",
-                f"{t['zero_fraction']:.1%}",
-                f"{t['seconds_per_run']:.2f}",
+            rows.append(
+                (
+                    tech,
+                    f"{t['strength']:g}",
+                    f"{t['test_acc']['mean']:.3f}",
+                    f"{t['gap_acc']:.3f}",
+                    f"{t['zero_fraction']:.1%}",
+                    f"{t['seconds_per_run']:.2f}",
+                )
             )
+    elif name == "bias_variance":
+        cols = ("sweep", "best parameter", "test error", "bias² + noise there", "variance there")
+        for sweep, best in r["best"].items():
+            row = next(x for x in r["sweeps"][sweep] if x["param"] == best["param"])
+            rows.append(
+                (
+                    sweep,
+                    f"{best['param']:g}",
+                    f"{row['error']:.3f}",
+                    f"{row['bias2_noise']:.3f}",
+                    f"{row['variance']:.3f}",
+                )
+            )
+    elif name == "trees_vs_dnn":
+        cols = ("data", "metric", "model", "test", "fit s", "one row µs", "winner")
+        for data, d in r["datasets"].items():
+            for fam, m in d["models"].items():
+                rows.append(
+                    (
+                        data,
+                        d["metric"],
+                        fam,
+                        f"{m['test']:.3f}",
+                        f"{m['fit_s']:.1f}",
+                        f"{m['single_row_us']:,.0f}",
+                        d["winner"],
+                    )
+                )
     else:
-        table.add_column("key")
-        table.add_column("value")
-        for key, value in r.get("headline", {}).items():
-            table.add_row(key, str(value))
+        cols = ("variant / strategy", "coverage of 10 | AP", "Fréchet distance | CP@100")
+        for v, d in r["digits"].items():
+            rows.append((f"digits {v}", f"{d['coverage']['mean']:.1f}", f"{d['fd']['mean']:.1f}"))
+        for strategy, m in r["fraud"]["summary"].items():
+            rows.append((f"fraud {strategy}", f"{m['ap']['mean']:.3f}", f"{m['cp@100']['mean']:.3f}"))
+    for col in cols:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 
