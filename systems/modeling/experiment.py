@@ -81,6 +81,8 @@ def rounded(obj: Any, digits: int = 5) -> Any:
         return {str(k): rounded(v, digits) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [rounded(v, digits) for v in obj]
+    if isinstance(obj, np.ndarray):  # arrays as nested lists (json's default=str would truncate them)
+        return rounded(obj.tolist(), digits)
     if isinstance(obj, np.generic):
         obj = obj.item()
     if isinstance(obj, float):

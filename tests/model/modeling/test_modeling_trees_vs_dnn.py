@@ -26,7 +26,7 @@ def test_convolutions_beat_the_mlp_on_pixels(result: dict[str, Any]) -> None:
     assert models["cnn"]["test"] > models["mlp"]["test"]
 
 
-def test_tree_shap_is_exact_and_ignores_noise_columns(result: dict[str, Any]) -> None:
+def test_tree_shap_is_exact_and_gives_noise_columns_less_than_their_share(result: dict[str, Any]) -> None:
     for name in ("fraud", "reviews"):
         ds = result["datasets"][name]
         assert ds["shap"]["additivity_max_abs_error"] < 1e-3  # contributions + bias == margin, row by row
