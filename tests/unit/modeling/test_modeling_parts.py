@@ -12,7 +12,7 @@ import pytest
 
 from systems.common.errors import MlsdError
 from systems.modeling.bias_variance import decompose, double_descent
-from systems.modeling.experiment import mean_ci, png_path, run_experiment
+from systems.modeling.experiment import mean_ci, png_path, rounded, run_experiment
 from systems.modeling.gan import frechet_distance
 
 pytestmark = pytest.mark.unit
@@ -47,6 +47,12 @@ def test_mean_ci_claims_no_interval_for_one_seed() -> None:
     assert mean_ci([0.5]) == {"mean": 0.5, "lo": 0.5, "hi": 0.5, "n": 1}
     ci = mean_ci([1.0, 2.0, 3.0])
     assert ci["lo"] < 2.0 < ci["hi"] and ci["n"] == 3
+
+
+def test_rounded_writes_arrays_as_lists_for_json() -> None:
+    out = rounded({"a": np.array([[1.2345678, 2.0]]), "b": np.float32(0.5), "c": [np.int64(3)]}, 3)
+    assert out == {"a": [[1.235, 2.0]], "b": 0.5, "c": [3]}
+    assert isinstance(out["c"][0], int)
 
 
 def test_bad_names_and_outputs_are_errors(tmp_path: Path) -> None:
