@@ -46,6 +46,7 @@ SYSTEMS: list[tuple[str, str]] = [
     ("distributed_training", "dist"),
     ("monitoring", "monitoring"),
     ("blocks", "blocks"),
+    ("modeling", "modeling"),
 ]
 
 
