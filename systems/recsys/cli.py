@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -32,6 +32,22 @@ def quality_table(quality: dict[str, dict[str, float]]) -> Table:
         if name in quality:
             m = quality[name]
             t.add_row(name, *(f"{m[c]:.4f}" for c in ("recall@10", "recall@50", "ndcg@10", "coverage@10")))
+    return t
+
+
+def study_table(name: str, rep: dict[str, Any]) -> Table:
+    """One dataset's quality study: every model's test metrics with 95 % CIs, the gate's pick marked."""
+    t = Table(title=f"{name}: test, {rep['test_users']:,} users (95% CI); served = {rep['served']['name']}")
+    for col in ("model", "val ndcg@10", "ndcg@10", "recall@10", "recall@50", "mrr@50", "coverage@10"):
+        t.add_column(col)
+    for model, m in rep["models"].items():
+        ci = m["ci95"]
+        t.add_row(
+            model + (" *" if model == rep["served"]["name"] else ""),
+            f"{m['val_ndcg@10']:.4f}",
+            *(f"{m[c]:.4f} [{ci[c][0]:.3f}, {ci[c][1]:.3f}]" for c in ("ndcg@10", "recall@10", "recall@50", "mrr@50")),
+            f"{m['coverage@10']:.3f}",
+        )
     return t
 
 
@@ -111,6 +127,9 @@ def bench(
     workers: Annotated[int, typer.Option(help="uvicorn workers for the serving run")] = 2,
     reuse_index: Annotated[bool, typer.Option(help="reuse the saved 1M-item ANN index and sweep if present")] = False,
     only: Annotated[str, typer.Option(help="comma list of quality,ann,serving,freshness,abtest ('' = all)")] = "",
+    datasets: Annotated[
+        str, typer.Option(help="interaction logs for the quality study (movielens-100k, movielens-1m, synthetic)")
+    ] = "movielens-100k,movielens-1m",
 ) -> None:
     """Quality, ANN recall/QPS at scale, serving latency under open-loop load, freshness."""
     import logging
@@ -130,9 +149,11 @@ def bench(
         workers=workers,
         reuse_index=reuse_index,
         only={x.strip() for x in only.split(",") if x.strip()} or None,
+        quality_datasets=tuple(d.strip() for d in datasets.split(",") if d.strip()),
     )
-    if "quality" in res:
-        console.print(quality_table(res["quality"]))
+    for name, rep in res.get("quality", {}).items():
+        if isinstance(rep, dict) and "models" in rep:
+            console.print(study_table(name, rep))
     if "ann" in res:
         console.print({"ann": {k: res["ann"][k] for k in ("index", "param", "value", "qps", "recall@10")}})
         serving = res["serving"].items()
