@@ -339,8 +339,13 @@ def run_bench(
 
     port = free_port()
     with LocalBroker(port=port, log_path=settings.recsys_dir / "broker.log") as broker:
+        # the scale and freshness runs exercise the legacy path (ANN index, Feast, stream processor)
         bsettings = settings.model_copy(
-            update={"kafka_bootstrap": broker.bootstrap, "data_dir": settings.data_dir.resolve()}
+            update={
+                "kafka_bootstrap": broker.bootstrap,
+                "data_dir": settings.data_dir.resolve(),
+                "serve_model": "legacy",
+            }
         )
         env = {**bsettings.to_env(), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         with ServerProcess(

@@ -215,7 +215,7 @@ class _Pyfunc:  # the registry needs a python_model; serving reads the pickled a
         import mlflow.pyfunc
 
         class Served(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]
-            def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            def predict(self, context: Any, model_input: list[str], params: Any = None) -> list[str]:
                 raise NotImplementedError("served through systems.recsys.serve, not pyfunc")
 
         return Served()

@@ -117,7 +117,7 @@ def run_study(log_: InteractionLog, cfg: StudyConfig, *, progress: Callable[[str
 
     # 4. the gate, on validation only
     gate_scores = {n: r.val_ndcg for n, r in tuned.items()} | {PIPELINE: mmr_val[best_lam]}
-    winner = max(gate_scores, key=lambda n: gate_scores[n])
+    winner = gate(gate_scores)
 
     # 5. refit on fit+val, score once on test
     idx = boot_indices(len(proto.test.users), n_boot=cfg.n_boot, seed=cfg.seed)
@@ -199,6 +199,18 @@ def run_study(log_: InteractionLog, cfg: StudyConfig, *, progress: Callable[[str
     }
     report["ratio_lower_above_1"] = bool(report["ratio_ci95"][0] > 1.0)
     return StudyResult(report=report, protocol=proto, tuned=tuned, ranker=ranker, winner=winner)
+
+
+def gate(val_scores: dict[str, float]) -> str:
+    """The model to serve: the best validation NDCG@10, whoever it is (like fraud's gate, never a setting).
+
+    Ties go to the model listed first — peers are listed before our pipeline, so at equal quality the simpler
+    model wins.
+    """
+    if not val_scores:
+        raise ValueError("the gate needs at least one candidate model")
+    best = max(val_scores.values())
+    return next(name for name, v in val_scores.items() if v == best)
 
 
 def _user_feature_table(log_: InteractionLog) -> np.ndarray | None:
