@@ -72,7 +72,21 @@ class Candidates:
     group: np.ndarray  # (N,) position in ``users``
     features: np.ndarray  # (N, F)
     label: np.ndarray  # (N,) 1 = in the user's held-out items
+    group_user: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # user_idx of each group
     source_recall: dict[str, float] = field(default_factory=dict)
+
+    @staticmethod
+    def concat(parts: Sequence[Candidates]) -> Candidates:
+        """Several windows' candidates as one training set (groups renumbered, users kept for the folds)."""
+        offsets = np.cumsum([0] + [len(c.group_user) for c in parts[:-1]])
+        return Candidates(
+            users=np.concatenate([c.users for c in parts]),
+            items=np.concatenate([c.items for c in parts]),
+            group=np.concatenate([c.group + o for c, o in zip(parts, offsets, strict=True)]),
+            features=np.concatenate([c.features for c in parts]),
+            label=np.concatenate([c.label for c in parts]),
+            group_user=np.concatenate([c.group_user for c in parts]),
+        )
 
 
 def feature_names(sources: Sequence[str], n_user_feats: int, has_cats: bool) -> list[str]:
@@ -101,6 +115,7 @@ class StackedRanker:
         self.seed = seed
         self.booster: Any = None
         self.rounds = 0
+        self.lgb_params: dict[str, Any] = {}
 
     # ---- candidates + features ----------------------------------------------------------------------
     def build(
@@ -179,6 +194,7 @@ class StackedRanker:
             group=np.concatenate(out_group),
             features=feats_all.astype(np.float32),
             label=np.concatenate(out_label),
+            group_user=stage.users[rows].astype(np.int64),
             source_recall={k: float(np.mean(v)) for k, v in found.items() if v},
         )
 
@@ -198,7 +214,7 @@ class StackedRanker:
             "num_threads": 1,
             "seed": self.seed,
             "verbose": -1,
-        }
+        } | self.lgb_params
 
     def fit_rounds(self, train: Candidates, valid: Candidates | None, rounds: int) -> tuple[Any, int]:
         import lightgbm
@@ -222,17 +238,19 @@ class StackedRanker:
         return booster, int(booster.best_iteration or rounds)
 
     def cross_fit(self, cands: Candidates, *, max_rounds: int = 500) -> np.ndarray:
-        """2-fold over users: each half scored by a model trained on the other; returns out-of-fold scores,
-        then trains the final booster on all users with the mean best round count."""
+        """2-fold over *users* (all of a user's windows in one fold): each half scored by a model trained on
+        the other; returns out-of-fold scores, then trains the final booster on everything with the mean best
+        round count."""
         rng = np.random.default_rng(self.seed)
-        fold = rng.integers(0, 2, size=int(cands.group.max()) + 1)
+        user_fold = rng.integers(0, 2, size=int(cands.group_user.max()) + 1)
+        row_fold = user_fold[cands.group_user[cands.group]]
         pred = np.zeros(len(cands.items))
         best_rounds = []
         for f in (0, 1):
-            tr, va = _take(cands, fold[cands.group] != f), _take(cands, fold[cands.group] == f)
+            tr, va = _take(cands, row_fold != f), _take(cands, row_fold == f)
             booster, rounds = self.fit_rounds(tr, va, max_rounds)
             best_rounds.append(rounds)
-            pred[fold[cands.group] == f] = booster.predict(va.features, num_iteration=rounds, num_threads=1)
+            pred[row_fold == f] = booster.predict(va.features, num_iteration=rounds, num_threads=1)
         self.rounds = max(10, int(np.mean(best_rounds)))
         self.booster, _ = self.fit_rounds(cands, None, self.rounds)
         return pred
@@ -289,7 +307,12 @@ def ndcg_of(lists: np.ndarray, stage: Holdout, rows: np.ndarray) -> np.ndarray:
 
 def _take(c: Candidates, mask: np.ndarray) -> Candidates:
     return Candidates(
-        users=c.users, items=c.items[mask], group=c.group[mask], features=c.features[mask], label=c.label[mask]
+        users=c.users,
+        items=c.items[mask],
+        group=c.group[mask],
+        features=c.features[mask],
+        label=c.label[mask],
+        group_user=c.group_user,
     )
 
 

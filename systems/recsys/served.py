@@ -139,7 +139,7 @@ def fit_served(log_: InteractionLog, cfg: StudyConfig) -> tuple[ServedModel, dic
     sources: dict[str, Scorer] = {}
     from systems.recsys.peers import default_spaces
 
-    spaces = {s.name: s for s in default_spaces(quick=cfg.quick, seed=cfg.seed)}
+    spaces = {s.name: s for s in default_spaces(quick=cfg.quick, seed=cfg.seed, n_interactions=len(log_.interactions))}
     for name in needed:
         sources[name] = spaces[name].make(**res.tuned[name].params).fit(full)
     counts = np.bincount(log_.interactions["item_idx"].to_numpy(), minlength=log_.n_items)
