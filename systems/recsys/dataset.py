@@ -12,7 +12,7 @@ tests). ``load_log(name)`` picks one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -314,7 +314,3 @@ def subsample_users(log: InteractionLog, n_users: int, *, seed: int = 0) -> Inte
         uf = log.user_features.loc[log.user_features.index.isin(keep)]
         users = uf.assign(user_id=[log.users.ids[u] for u in uf.index]).reset_index(drop=True)
     return log_from_frames(log.name, events, items=items, users=users)
-
-
-def to_public(ids: IdMap, idx: Sequence[int] | np.ndarray) -> list[Any]:
-    return [ids.ids[int(i)] for i in idx]

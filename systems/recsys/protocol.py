@@ -62,19 +62,6 @@ class Holdout:
             self._hist = histories(self.fit, self.n_users)
         return self._hist
 
-    def subset(self, rows: np.ndarray) -> Holdout:
-        """The same stage restricted to some evaluated users (rows index ``users``)."""
-        return Holdout(
-            fit=self.fit,
-            users=self.users[rows],
-            truth=[self.truth[int(r)] for r in rows],
-            request_ts=self.request_ts[rows],
-            n_users=self.n_users,
-            n_items=self.n_items,
-            _matrix=self._matrix,
-            _hist=self._hist,
-        )
-
 
 def serving_stage(inter: pd.DataFrame, *, n_users: int, n_items: int) -> Holdout:
     """The whole log as fit rows and no evaluated users: what the served model is refitted on."""

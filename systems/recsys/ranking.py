@@ -89,15 +89,6 @@ class Candidates:
         )
 
 
-def feature_names(sources: Sequence[str], n_user_feats: int, has_cats: bool) -> list[str]:
-    names = [f"{s}_score" for s in sources] + [f"{s}_rank" for s in sources]
-    names += ["log_pop", "days_since_last_seen", "item_age_days", "covisit_last_item", "user_log_n", "user_idle_days"]
-    if has_cats:
-        names.append("category_overlap")
-    names += [f"user_feat_{j}" for j in range(n_user_feats)]
-    return names
-
-
 class StackedRanker:
     """Candidate sources (fitted peers) + item clock + features; ``booster`` is the trained LightGBM."""
 
