@@ -146,3 +146,26 @@ def test_gate_picks_the_best_validation_score_and_ties_go_to_the_simpler_model()
     assert gate({"covisit": 0.2, PIPELINE: 0.2}) == "covisit"
     with pytest.raises(ValueError):
         gate({})
+
+
+def test_verdict_words_follow_the_interval() -> None:
+    from systems.recsys.study import add_verdict
+
+    def rep(ratio: float, ci: list[float], served: str = PIPELINE) -> dict:
+        return {
+            "ratio": ratio,
+            "ratio_ci95": ci,
+            "served": {"name": served},
+            "best_peer": {"name": "covisit"},
+            "best_peer_overall": {"name": "covisit"},
+            "pipeline_vs_best_peer": {"ratio": ratio, "ci95": ci},
+        }
+
+    win = add_verdict(rep(1.15, [1.05, 1.25]))
+    assert win["target_met"] and win["ratio_lower_above_1"] and win["verdict"].startswith("pipeline beats covisit")
+    small = add_verdict(rep(1.05, [1.01, 1.09]))  # better, but not by the 10 % the target asks
+    assert small["ratio_lower_above_1"] and not small["target_met"]
+    tie = add_verdict(rep(1.12, [0.97, 1.3]))  # a big point estimate inside the noise is not a win
+    assert not tie["target_met"] and "cannot be told apart" in tie["verdict"]
+    loss = add_verdict(rep(0.9, [0.85, 0.95], served="ease"))
+    assert "is worse than" in loss["verdict"] and "worse than the best tuned peer" in loss["pipeline_verdict"]
