@@ -29,7 +29,15 @@ import numpy as np
 
 from systems.recsys.dataset import InteractionLog, subsample_users
 from systems.recsys.peers import Scorer, SearchSpace, TuneResult, default_spaces, tune
-from systems.recsys.protocol import Protocol, boot_indices, leave_last_k, rank_all, ratio_ci, summarise
+from systems.recsys.protocol import (
+    Protocol,
+    boot_indices,
+    leave_last_k,
+    rank_all,
+    ratio_ci,
+    request_stage,
+    summarise,
+)
 from systems.recsys.ranking import SOURCES, Candidates, StackedRanker, mmr_lists, ndcg_of, ranked_lists
 
 log = logging.getLogger(__name__)
@@ -142,6 +150,8 @@ def run_study(log_: InteractionLog, cfg: StudyConfig, *, progress: Callable[[str
     models: dict[str, Any] = {}
     per_user: dict[str, np.ndarray] = {}
     test_sources: dict[str, Scorer] = {}
+    test_scorers: dict[str, Scorer] = {}
+    top10: dict[str, np.ndarray] = {}
     for space in spaces:
         say(f"{log_.name}: test {space.name}")
         t = time.perf_counter()
@@ -157,6 +167,8 @@ def run_study(log_: InteractionLog, cfg: StudyConfig, *, progress: Callable[[str
             "fit_s": fit_s,
         }
         per_user[space.name] = pu["ndcg@10"]
+        top10[space.name] = ranked[:, :10]
+        test_scorers[space.name] = scorer
         if space.name in SOURCES:
             test_sources[space.name] = scorer
     say(f"{log_.name}: test pipeline")
@@ -177,6 +189,7 @@ def run_study(log_: InteractionLog, cfg: StudyConfig, *, progress: Callable[[str
         "fit_s": time.perf_counter() - t,
     }
     per_user[PIPELINE] = pu["ndcg@10"]
+    top10[PIPELINE] = lists[:, :10]
 
     peers_only = [n for n in models if n != PIPELINE]
     best_peer = max(peers_only, key=lambda n: models[n]["ndcg@10"])
@@ -223,6 +236,10 @@ def run_study(log_: InteractionLog, cfg: StudyConfig, *, progress: Callable[[str
         },
         "timings_s": timings,
     }
+    say(f"{log_.name}: personalisation checks")
+    report["personalisation"] = personalisation(
+        winner, proto, top10, test_scorers, ranker, test_sources, popular=np.argsort(-item_pop, kind="stable")
+    )
     add_verdict(report)
     return StudyResult(report=report, protocol=proto, tuned=tuned, ranker=ranker, winner=winner)
 
@@ -253,6 +270,63 @@ def add_verdict(report: dict[str, Any]) -> dict[str, Any]:
     else:
         report["pipeline_verdict"] = f"our pipeline cannot be told apart from the best tuned peer, {best}"
     return report
+
+
+def personalisation(
+    winner: str,
+    proto: Protocol,
+    top10: dict[str, np.ndarray],
+    scorers: dict[str, Scorer],
+    ranker: StackedRanker,
+    sources: dict[str, Scorer],
+    *,
+    popular: np.ndarray,
+    n_pairs: int = 2000,
+    n_sessions: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Is the served model personal, and does a session change what an anonymous shopper sees?
+
+    - ``distinct_lists``: share of test users whose top 10 is a list nobody else got (1 = all different);
+    - ``jaccard_between_users``: mean overlap of two random users' top 10 (popularity: 1);
+    - ``session_changes_list``: share of one-item anonymous sessions whose top 10 differs from the answer to
+      an empty history (the popular list), and ``jaccard_session_vs_popular`` their mean overlap with it.
+    """
+    rng = np.random.default_rng(seed)
+    lists = top10[winner]
+    n = len(lists)
+    distinct = len({tuple(r) for r in lists.tolist()}) / max(n, 1)
+    a, b = rng.integers(0, n, n_pairs), rng.integers(0, n, n_pairs)
+    keep = a != b
+    jac = [_jaccard(lists[i], lists[j]) for i, j in zip(a[keep], b[keep], strict=True)]
+    stage = proto.test
+    seen_items = np.unique(stage.fit["item_idx"].to_numpy())
+    items = rng.choice(seen_items, size=min(n_sessions, len(seen_items)), replace=False)
+    t = np.full(len(items), int(stage.fit["ts"].max()) + 1, dtype=np.int64)
+    hists = [np.array([i], dtype=np.int64) for i in items]
+    if winner == PIPELINE:
+        req = request_stage(stage, np.full(len(items), -1, dtype=np.int64), t)
+        cands = ranker.build(sources, req, histories=hists)
+        sess = ranked_lists(cands, ranker.predict(cands), len(items), k=10)
+    else:
+        sc = np.asarray(scorers[winner].score_history(hists, t), dtype=np.float64)
+        sc[np.arange(len(items)), items] = -np.inf
+        sess = np.argsort(-sc, axis=1, kind="stable")[:, :10]
+    empty = popular[:10]
+    sj = [_jaccard(r, empty) for r in sess]
+    return {
+        "model": winner,
+        "distinct_lists": distinct,
+        "jaccard_between_users": float(np.mean(jac)) if jac else 0.0,
+        "session_changes_list": float(np.mean([not np.array_equal(r, empty) for r in sess])),
+        "jaccard_session_vs_popular": float(np.mean(sj)),
+        "sessions": len(items),
+    }
+
+
+def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = set(a.tolist()) - {-1}, set(b.tolist()) - {-1}
+    return len(x & y) / max(len(x | y), 1)
 
 
 def gate(val_scores: dict[str, float]) -> str:

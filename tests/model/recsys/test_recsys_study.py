@@ -70,3 +70,12 @@ def test_ci_preset_reproduces_the_readme_claim(ci_run: dict[str, Any], committed
         assert lo <= 1.0 <= hi, (lo, hi)
     if committed["served"]["name"] == PIPELINE:
         assert ci_run["ratio_lower_above_1"] == committed["ratio_lower_above_1"]
+
+
+def test_the_served_model_is_personal_and_session_aware(ci_run: dict[str, Any]) -> None:
+    """A one-item anonymous session changes the list (away from the popular one), and two users rarely share
+    one: the failure the first version had (the same popular titles for everyone)."""
+    p = ci_run["personalisation"]
+    assert p["model"] == ci_run["served"]["name"]
+    assert p["session_changes_list"] >= 0.95 and p["jaccard_session_vs_popular"] < 0.3, p
+    assert p["jaccard_between_users"] < 0.3, p
