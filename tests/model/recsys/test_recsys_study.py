@@ -3,8 +3,10 @@
 The committed bench JSON (``systems/recsys/bench/recsys.json``, from ``mlsd recsys bench --only quality``) says
 which model the gate serves and whether our pipeline beats the best tuned peer; the README's words are
 generated from it. This test runs the CI preset and asserts the same conclusion on fresh numbers — the
-claim, not a floor. The CI preset leaves out the two peers that cost minutes per trial (SASRec, BPR); both are
-far below the best peer on validation in the committed run (asserted below, so the shortcut stays honest).
+claim, not a floor. The CI preset has 3 trials per peer, 8 SASRec epochs, and leaves out BPR (minutes per
+trial, far below the best peer on validation in the committed run — asserted below, so the shortcut stays
+honest). Measured: the preset gives our pipeline 1.07× the best peer, 95 % CI 1.02–1.12 (the full run:
+1.09×, 1.03–1.14); without SASRec as a source the lower end fell to 1.002, too close to call.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from systems.recsys.study import PIPELINE, StudyConfig, run_study
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 BENCH = Path(__file__).resolve().parents[3] / "systems" / "recsys" / "bench" / "recsys.json"
-CI_PEERS = ("popularity", "trending", "item_knn", "ease", "covisit", "als")
+CI_PEERS = ("popularity", "trending", "item_knn", "ease", "covisit", "als", "sasrec")
 DATASET = "movielens-100k"
 
 
@@ -44,10 +46,9 @@ def ci_run(shared_data_dir: Path) -> dict[str, Any]:
     return res.report
 
 
-def test_left_out_peers_are_far_behind_in_the_committed_run(committed: dict[str, Any]) -> None:
+def test_the_left_out_peer_is_far_behind_in_the_committed_run(committed: dict[str, Any]) -> None:
     best_val = max(committed["gate"]["val_ndcg@10"].values())
-    for name in ("sasrec", "bpr"):
-        assert committed["gate"]["val_ndcg@10"][name] < 0.8 * best_val, name
+    assert committed["gate"]["val_ndcg@10"]["bpr"] < 0.8 * best_val
 
 
 def test_gate_serves_the_best_validation_model(ci_run: dict[str, Any]) -> None:
