@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from systems.common.bench import bootstrap_ci
 from systems.recsys.dataset import histories, matrix
 
 K_MAX = 50
@@ -221,47 +222,45 @@ def list_metrics(ranked: np.ndarray, *, n_items: int, item_pop: np.ndarray) -> d
     }
 
 
-def boot_indices(n: int, *, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
-    """(n_boot, n) resampled user rows, shared by every model so that intervals of ratios are paired."""
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+def mean_ci(values: np.ndarray, *, n_boot: int = N_BOOT, seed: int = 0) -> list[float]:
+    """95 % percentile bootstrap interval of the mean of per-user values (``common.bench.bootstrap_ci``).
+
+    Every call with the same seed resamples the same user rows, so intervals of different models are
+    computed on the same resamples.
+    """
+    return list(bootstrap_ci(np.mean, values, n_boot=n_boot, seed=seed))
 
 
-def mean_ci(values: np.ndarray, idx: np.ndarray) -> list[float]:
-    """95 % percentile bootstrap interval of the mean of per-user values."""
-    means = values[idx].mean(axis=1)
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return [float(lo), float(hi)]
+def ratio_ci(a: np.ndarray, b: np.ndarray, *, n_boot: int = N_BOOT, seed: int = 0) -> list[float]:
+    """95 % paired bootstrap interval of mean(a) / mean(b): the same users resampled for both."""
+
+    def ratio(x: np.ndarray, y: np.ndarray) -> float:
+        return float(x.mean() / max(float(y.mean()), 1e-12))
+
+    return list(bootstrap_ci(ratio, a, b, n_boot=n_boot, seed=seed))
 
 
-def ratio_ci(a: np.ndarray, b: np.ndarray, idx: np.ndarray) -> list[float]:
-    """95 % paired bootstrap interval of mean(a) / mean(b) (same users resampled for both)."""
-    num, den = a[idx].mean(axis=1), b[idx].mean(axis=1)
-    r = num / np.maximum(den, 1e-12)
-    lo, hi = np.quantile(r, [0.025, 0.975])
-    return [float(lo), float(hi)]
+def coverage_ci(ranked: np.ndarray, n_items: int, *, n_boot: int = 200, seed: int = 0) -> list[float]:
+    """Coverage depends on the set of users, so it is recomputed on (fewer) resamples of the lists."""
 
+    def coverage(rows: np.ndarray) -> float:
+        return len(np.unique(rows[:, :10])) / n_items
 
-def coverage_ci(ranked: np.ndarray, idx: np.ndarray, n_items: int, n_boot: int = 200) -> list[float]:
-    """Coverage depends on the set of users, so it is recomputed on (fewer) resamples."""
-    top = ranked[:, :10]
-    vals = [len(np.unique(top[r])) / n_items for r in idx[:n_boot]]
-    lo, hi = np.quantile(vals, [0.025, 0.975])
-    return [float(lo), float(hi)]
+    return list(bootstrap_ci(coverage, ranked, n_boot=n_boot, seed=seed))
 
 
 def summarise(
-    ranked: np.ndarray, stage: Holdout, *, item_pop: np.ndarray, idx: np.ndarray | None = None
+    ranked: np.ndarray, stage: Holdout, *, item_pop: np.ndarray, n_boot: int | None = None, seed: int = 0
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Means (and, when ``idx`` is given, 95 % CIs) of every metric; also returns the per-user arrays."""
+    """Means (and, when ``n_boot`` is given, 95 % CIs) of every metric; also returns the per-user arrays."""
     per_user = per_user_metrics(ranked, stage.truth)
     out: dict[str, Any] = {m: float(v.mean()) for m, v in per_user.items()}
     out.update(list_metrics(ranked, n_items=stage.n_items, item_pop=item_pop))
     out["users"] = len(stage.users)
-    if idx is not None:
-        out["ci95"] = {m: mean_ci(v, idx) for m, v in per_user.items()}
-        novelty = _novelty_per_user(ranked, item_pop)
-        out["ci95"]["novelty@10"] = mean_ci(novelty, idx)
-        out["ci95"]["coverage@10"] = coverage_ci(ranked, idx, stage.n_items)
+    if n_boot is not None:
+        out["ci95"] = {m: mean_ci(v, n_boot=n_boot, seed=seed) for m, v in per_user.items()}
+        out["ci95"]["novelty@10"] = mean_ci(_novelty_per_user(ranked, item_pop), n_boot=n_boot, seed=seed)
+        out["ci95"]["coverage@10"] = coverage_ci(ranked, stage.n_items, seed=seed)
     return out, per_user
 
 

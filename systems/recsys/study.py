@@ -31,7 +31,6 @@ from systems.recsys.dataset import InteractionLog, subsample_users
 from systems.recsys.peers import Scorer, SearchSpace, TuneResult, default_spaces, tune
 from systems.recsys.protocol import (
     Protocol,
-    boot_indices,
     leave_last_k,
     rank_all,
     ratio_ci,
@@ -146,7 +145,7 @@ def run_study(log_: InteractionLog, cfg: StudyConfig, *, progress: Callable[[str
     winner = gate(gate_scores)
 
     # 5. refit on fit+val, score once on test
-    idx = boot_indices(len(proto.test.users), n_boot=cfg.n_boot, seed=cfg.seed)
+    boot = {"n_boot": cfg.n_boot, "seed": cfg.seed}  # the same resampled users for every model: paired CIs
     models: dict[str, Any] = {}
     per_user: dict[str, np.ndarray] = {}
     test_sources: dict[str, Scorer] = {}
@@ -158,7 +157,7 @@ def run_study(log_: InteractionLog, cfg: StudyConfig, *, progress: Callable[[str
         scorer = space.make(**tuned[space.name].params).fit(proto.test)
         fit_s = time.perf_counter() - t
         ranked = rank_all(scorer.score, proto.test)
-        summary, pu = summarise(ranked, proto.test, item_pop=item_pop, idx=idx)
+        summary, pu = summarise(ranked, proto.test, item_pop=item_pop, **boot)
         models[space.name] = {
             **summary,
             "params": tuned[space.name].params,
@@ -181,7 +180,7 @@ def run_study(log_: InteractionLog, cfg: StudyConfig, *, progress: Callable[[str
         if item_vecs is not None and best_lam < 1.0
         else ranked_lists(test_cands, scores, n_test)
     )
-    summary, pu = summarise(lists, proto.test, item_pop=item_pop, idx=idx)
+    summary, pu = summarise(lists, proto.test, item_pop=item_pop, **boot)
     models[PIPELINE] = {
         **summary,
         "params": {"rounds": ranker.rounds, "per_source": cfg.per_source, "sources": sorted(test_sources)},
@@ -219,10 +218,10 @@ def run_study(log_: InteractionLog, cfg: StudyConfig, *, progress: Callable[[str
         "best_peer": {"name": rival, "ndcg@10": models[rival]["ndcg@10"]},
         "best_peer_overall": {"name": best_peer, "ndcg@10": models[best_peer]["ndcg@10"]},
         "ratio": models[winner]["ndcg@10"] / max(models[rival]["ndcg@10"], 1e-12),
-        "ratio_ci95": ratio_ci(per_user[winner], per_user[rival], idx),
+        "ratio_ci95": ratio_ci(per_user[winner], per_user[rival], **boot),
         "pipeline_vs_best_peer": {
             "ratio": models[PIPELINE]["ndcg@10"] / max(models[best_peer]["ndcg@10"], 1e-12),
-            "ci95": ratio_ci(per_user[PIPELINE], per_user[best_peer], idx),
+            "ci95": ratio_ci(per_user[PIPELINE], per_user[best_peer], **boot),
         },
         "rerank": {
             "lambda": best_lam,

@@ -9,7 +9,7 @@ import torch
 
 from systems.recsys.dataset import IdMap, histories, log_from_frames, synthetic
 from systems.recsys.peers import EASE, Trending, decayed_counts
-from systems.recsys.protocol import boot_indices, leave_last_k, per_user_metrics, ratio_ci, serving_stage
+from systems.recsys.protocol import leave_last_k, per_user_metrics, ratio_ci, serving_stage
 from systems.recsys.study import PIPELINE, gate
 
 pytestmark = pytest.mark.unit
@@ -83,10 +83,9 @@ def test_metrics_are_exact_on_a_hand_example() -> None:
 def test_paired_ratio_interval() -> None:
     rng = np.random.default_rng(0)
     b = rng.random(500)
-    idx = boot_indices(500, n_boot=400)
-    lo, hi = ratio_ci(1.2 * b, b, idx)
+    lo, hi = ratio_ci(1.2 * b, b, n_boot=400)
     assert lo == pytest.approx(1.2) and hi == pytest.approx(1.2)  # paired: the shared noise cancels exactly
-    lo, hi = ratio_ci(b + rng.normal(0, 0.05, 500), b, idx)
+    lo, hi = ratio_ci(b + rng.normal(0, 0.05, 500), b, n_boot=400)
     assert lo < 1.0 < hi
 
 
