@@ -157,10 +157,11 @@ def render_record(record: dict[str, Any]) -> str:
             step = next((s for s in r["steps"] if s["name"] == name), None)
             cells.append("" if step is None else f"{step['seconds']:.0f}")
             detail = (step or {}).get("detail") or detail
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {detail.replace('|', '/')} |")
+        lines.append(f"| {name.strip()} | " + " | ".join(cells) + f" | {detail.replace('|', '/')} |")
     lines.append("| **total** | " + " | ".join(f"**{r['total_s']:.0f}**" for _, r in runs) + " | |")
     notes = [
-        f"{kind}: {r['measured_at']}, git {r['git_sha'][:12]}, {r['machine']['cpus']} cores, 1-min load "
+        f"{kind}: {r['measured_at']}, git {r['git_sha'][:12]}{'+dirty' * r['git_sha'].endswith('+dirty')}, "
+        f"{r['machine']['cpus']} cores, 1-min load "
         f"{r['machine']['loadavg_1m_start']:.1f} at the start and {r['machine']['loadavg_1m_end']:.1f} at the end; "
         f"{r['engine']}, {r['compose']}"
         for kind, r in runs
@@ -184,7 +185,8 @@ def record_last_run() -> int:
     record["cold" if not last["images_cached"] else "cached"] = last
     RECORD.write_text(json.dumps(record, indent=2) + "\n")
     text = README.read_text()
-    README.write_text(text.replace(readme_block(text), render_record(record)))
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    README.write_text(f"{text[:start]}\n{render_record(record)}\n{text[end:]}")
     console.print(f"recorded the last run ({'cached' if last['images_cached'] else 'cold'}) in {RECORD} and README.md")
     return 0
 
