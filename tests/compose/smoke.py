@@ -149,14 +149,14 @@ def render_record(record: dict[str, Any]) -> str:
     names: list[str] = []
     for _, r in runs:
         names += [s["name"] for s in r["steps"] if s["name"] not in names]
-    head = "| step | " + " | ".join(f"{kind} images: seconds" for kind, _ in runs) + " | what was checked |"
+    head = "| step | " + " | ".join(f"{kind} images: seconds" for kind, _ in runs) + f" | detail ({runs[0][0]} run) |"
     lines = [head, "|---|" + "---:|" * len(runs) + "---|"]
     for name in names:
         cells, detail = [], ""
         for _, r in runs:
             step = next((s for s in r["steps"] if s["name"] == name), None)
             cells.append("" if step is None else f"{step['seconds']:.0f}")
-            detail = (step or {}).get("detail") or detail
+            detail = detail or (step or {}).get("detail") or ""  # the first run's (cold when recorded)
         lines.append(f"| {name.strip()} | " + " | ".join(cells) + f" | {detail.replace('|', '/')} |")
     lines.append("| **total** | " + " | ".join(f"**{r['total_s']:.0f}**" for _, r in runs) + " | |")
     notes = [
