@@ -30,11 +30,12 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -282,7 +283,14 @@ class _KafkaPythonProducer:
 
 
 class _ConfluentConsumer:
-    def __init__(self, settings: MlsdSettings, topics: Sequence[str], group_id: str, overrides: dict[str, Any]):
+    def __init__(
+        self,
+        settings: MlsdSettings,
+        topics: Sequence[str],
+        group_id: str,
+        overrides: dict[str, Any],
+        start: Literal["beginning", "end"] | None = None,
+    ):
         from confluent_kafka import Consumer as CConsumer
 
         config: dict[str, Any] = {
@@ -297,9 +305,27 @@ class _ConfluentConsumer:
         config.update(overrides)
         self._consumer = CConsumer(config)
         self.assigned = threading.Event()
+        self._pending: dict[tuple[str, int], int] = {}
+        self._reader = start is not None
+        if start is not None:  # a reader: every partition, no group membership (see make_reader)
+            from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+            metadata = self._consumer.list_topics(timeout=10)
+            parts = []
+            for topic in topics:
+                found = metadata.topics.get(topic)
+                if found is None or found.error is not None or not found.partitions:
+                    raise BrokerError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap}")
+                for p in sorted(found.partitions):
+                    tp = TopicPartition(topic, p, OFFSET_BEGINNING)
+                    if start == "end":  # resolved now: a logical END resolved later would skip what comes meanwhile
+                        tp.offset = self._consumer.get_watermark_offsets(tp, timeout=10)[1]
+                    parts.append(tp)
+            self._consumer.assign(parts)
+            self.assigned.set()
+            return
         # The callback runs inside consume(), on the polling thread, once the rebalance has completed.
         self._consumer.subscribe(list(topics), on_assign=lambda _c, _parts: self.assigned.set())
-        self._pending: dict[tuple[str, int], int] = {}
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Record]:
         out: list[Record] = []
@@ -318,7 +344,8 @@ class _ConfluentConsumer:
     def commit(self) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
-        if not self._pending:
+        if not self._pending or self._reader:  # a reader keeps no offsets
+            self._pending.clear()
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._pending.items()]
         try:
@@ -334,7 +361,14 @@ class _ConfluentConsumer:
 
 
 class _KafkaPythonConsumer:
-    def __init__(self, settings: MlsdSettings, topics: Sequence[str], group_id: str, overrides: dict[str, Any]):
+    def __init__(
+        self,
+        settings: MlsdSettings,
+        topics: Sequence[str],
+        group_id: str,
+        overrides: dict[str, Any],
+        start: Literal["beginning", "end"] | None = None,
+    ):
         from kafka import KafkaConsumer
 
         config: dict[str, Any] = {
@@ -347,9 +381,29 @@ class _KafkaPythonConsumer:
             "fetch_max_wait_ms": 10,
             "bootstrap_timeout_ms": 10_000,
         }
+        if start is not None:
+            config["group_id"] = None  # a reader: no group, no offsets committed
         config.update(overrides)
         self._consumer = KafkaConsumer(**config)
         self.assigned = threading.Event()
+        self._pending: dict[tuple[str, int], int] = {}
+        if start is not None:
+            from kafka import TopicPartition
+
+            parts = []
+            for topic in topics:
+                found = self._consumer.partitions_for_topic(topic)
+                if not found:
+                    raise BrokerError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap}")
+                parts += [TopicPartition(topic, p) for p in sorted(found)]
+            self._consumer.assign(parts)
+            if start == "beginning":
+                self._consumer.seek_to_beginning(*parts)
+            else:  # resolved now, not at the first poll: what is produced meanwhile must not be skipped
+                for tp, end in self._consumer.end_offsets(parts).items():
+                    self._consumer.seek(tp, end)
+            self.assigned.set()
+            return
         from kafka import ConsumerRebalanceListener
 
         assigned = self.assigned
@@ -362,7 +416,6 @@ class _KafkaPythonConsumer:
                 assigned.set()
 
         self._consumer.subscribe(list(topics), listener=_OnAssign())
-        self._pending: dict[tuple[str, int], int] = {}
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Record]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -379,7 +432,8 @@ class _KafkaPythonConsumer:
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
-        if not self._pending:
+        if not self._pending or self._consumer.config["group_id"] is None:
+            self._pending.clear()
             return
         offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in self._pending.items()}
         try:
@@ -399,6 +453,32 @@ def make_producer(settings: MlsdSettings, client: str | None = None, **overrides
         return _ConfluentProducer(settings, overrides)
     if client == "kafka-python":
         return _KafkaPythonProducer(settings, overrides)
+    raise BrokerError(f"unknown kafka client {client!r}: use 'confluent' or 'kafka-python'")
+
+
+def make_reader(
+    settings: MlsdSettings,
+    topics: Sequence[str],
+    *,
+    start: Literal["beginning", "end"] = "end",
+    client: str | None = None,
+    **overrides: Any,
+) -> Consumer:
+    """A consumer of *every* partition of ``topics``, assigned directly, in no consumer group.
+
+    For a process that must see a whole topic itself (a server's feedback labels, every scorer's copy of the
+    labels): no group join to wait for (``assigned`` is set on return), and no dependence on the broker's group
+    coordinator, which on tansu has been seen never to finish a join. ``start="end"`` reads what arrives from
+    now on (tansu answers "latest" a little early, so a few older records may come first: readers must tolerate
+    them), ``"beginning"`` everything the topic holds. Nothing is committed: a restarted reader starts over.
+    The topics must exist (``create_topics``).
+    """
+    client = client or settings.kafka_client
+    group = f"reader-{uuid.uuid4().hex[:12]}"  # librdkafka wants a group id even for assign(); never joined
+    if client == "confluent":
+        return _ConfluentConsumer(settings, topics, group, overrides, start=start)
+    if client == "kafka-python":
+        return _KafkaPythonConsumer(settings, topics, group, overrides, start=start)
     raise BrokerError(f"unknown kafka client {client!r}: use 'confluent' or 'kafka-python'")
 
 

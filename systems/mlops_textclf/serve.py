@@ -282,11 +282,13 @@ class TextclfService:
                 self._stats(version).record_label(predicted == str(label.label))
 
     def run_label_consumer(self) -> None:
-        from systems.common.broker import decode_batch, make_consumer, make_producer
+        from systems.common.broker import decode_batch, make_producer, make_reader
 
         while not self.stop.is_set():
             try:
-                consumer = make_consumer(self.settings, [self.settings.labels_topic], f"textclf-serve-{uuid.uuid4()}")
+                # Every replica needs every label of the predictions it made: a reader of the whole topic, in no
+                # consumer group (no join to wait for, and none that a broker could leave hanging).
+                consumer = make_reader(self.settings, [self.settings.labels_topic], start="end")
                 self.feedback_assigned = consumer.assigned
                 producer = make_producer(self.settings)
             except Exception as exc:  # broker down at start: try again, serving goes on
