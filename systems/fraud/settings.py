@@ -41,6 +41,26 @@ class FraudSettings(MlsdSettings):
     """Warm the state with history before this time (unix s); None -> the start of ``replay_start_day``."""
     replay_start_day: int = 150
     """Simulation day ``mlsd fraud replay`` starts from; scorers and the API warm their state up to it."""
+    max_event_lead_s: int = 86_400
+    """How far ahead of the stream's clock (the newest event time accepted) a transaction or a label may be:
+    further is dead-lettered (stream) or a 422 (``/score``). A far-future time would move the clock for good.
+    A day: a quiet night can leave hours between two transactions, and the clock only knows event times."""
+    max_event_lag_s: int = 30 * 86_400
+    """How far behind the clock a transaction may be (a partition catching up after an outage lags by the
+    outage); 30 days is the longest customer window."""
+    max_message_bytes: int = 4096
+    """Transactions and labels are ~200 bytes; anything over this is dead-lettered unread."""
+    label_catch_up_s: float = 60.0
+    """At start, how long a scorer waits for its label reader to reach the end of the label topic before it
+    scores (terminal risk from a half-read label topic would differ from the batch features)."""
+    commit_interval_s: float = 0.05
+    """How often a scorer makes its decisions durable and publishes them (also whenever its topic goes idle):
+    one store transaction, one flush and one offset commit per interval."""
+    commit_max_records: int = 1000
+    """...or once this many transactions wait. Bounds what a crash re-delivers, and so the repeats a SIGKILL can
+    leave on the decisions topic (at most this many plus one poll's worth)."""
+    health_port: int | None = None
+    """Serve /healthz, /readyz, /metrics of a scorer or label-sink process on this port (None: no server)."""
 
     @property
     def history(self) -> Path:
