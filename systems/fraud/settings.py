@@ -28,6 +28,11 @@ class FraudSettings(MlsdSettings):
     """None -> sqlite under <data_dir>/fraud/decisions.db; ``postgresql://...`` in compose."""
     label_store_path: str | None = None
     """None -> <data_dir>/fraud/labels.db (sqlite)."""
+    score_cache_size: int = 100_000
+    """Recent ``/score`` answers a worker keeps in memory (a retry then skips the store read)."""
+    score_store_url: str | None = None
+    """Where ``POST /score`` keeps its answers by tx_id (retries get the stored one). None -> sqlite under
+    <data_dir>/fraud/scores.db; ``postgresql://...`` in compose."""
     alias_poll_s: float = 5.0
     """How often a running scorer asks the registry whether ``champion`` moved (hot swap)."""
     publish_predictions: bool = True

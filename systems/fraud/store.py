@@ -331,6 +331,39 @@ def features_matrix(blobs: Sequence[bytes], n_features: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype=np.float64).reshape(-1, n_features)
 
 
+class ScoreStore:
+    """``POST /score`` answers by transaction id: a retry gets the stored answer, never a second decision.
+
+    ``request`` is the scored fields as the client sent them, so a tx_id reused for a different transaction is
+    told apart from a retry; ``response`` is the exact JSON body answered the first time.
+    """
+
+    def __init__(self, url: str) -> None:
+        self._db = _Sql(url)
+        self._db.ddl(
+            "CREATE TABLE IF NOT EXISTS score_answers (tx_id BIGINT PRIMARY KEY, request TEXT NOT NULL,"
+            " response TEXT NOT NULL, decided_ms BIGINT NOT NULL)"
+        )
+
+    def get(self, tx_id: int) -> tuple[str, bytes] | None:
+        rows = self._db.query("SELECT request, response FROM score_answers WHERE tx_id = ?", (tx_id,))
+        return (str(rows[0][0]), str(rows[0][1]).encode()) if rows else None
+
+    def put(self, tx_id: int, request: str, response: bytes, decided_ms: int) -> bool:
+        """Store the first answer for ``tx_id``; False if one was already there (another worker's)."""
+        return (
+            self._db.insert_ignore(
+                "score_answers",
+                ("tx_id", "request", "response", "decided_ms"),
+                [(tx_id, request, response.decode(), decided_ms)],
+            )
+            == 1
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+
 class LabelStore:
     """Matured labels keyed by tx id (a re-delivered label is a no-op)."""
 

@@ -96,6 +96,12 @@ def label_store_url(settings: FraudSettings) -> str:
     return f"sqlite:///{(settings.system_dir('fraud') / 'labels.db').resolve()}"
 
 
+def score_store_url(settings: FraudSettings) -> str:
+    if settings.score_store_url:
+        return settings.score_store_url
+    return f"sqlite:///{(settings.system_dir('fraud') / 'scores.db').resolve()}"
+
+
 def fraud_topics(settings: FraudSettings) -> list[TopicSpec]:
     """All topics, created with their partitions up front (tansu cannot add partitions later)."""
     p = settings.partitions
