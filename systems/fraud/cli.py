@@ -101,11 +101,11 @@ def train(
     compare: Annotated[bool, typer.Option(help="also print the validation and test tables")] = False,
 ) -> None:
     """Choose the model and imbalance strategy on the validation block, refit, register it as `champion`."""
-    from systems.fraud.train import HANDBOOK_PUBLISHED, SplitConfig, add_features, select_and_register
+    from systems.fraud.train import HANDBOOK_PUBLISHED, add_features, select_and_register, split_for_days
 
     settings = _settings()
     frame = add_features(_load_or_simulate(settings))
-    config = SplitConfig()
+    config = split_for_days(int(frame["day"].max()) + 1)  # the handbook's days, or the same lengths at the end
     run = select_and_register(
         settings,
         frame,
