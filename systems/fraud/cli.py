@@ -140,62 +140,29 @@ def up(
         bool, typer.Option(help="also retrain when monitoring asks (consume retrain.requests)")
     ] = True,
 ) -> None:
-    """Run the streaming side: scorer(s), the label sink, the retrain listener and optionally the API,
-    until Ctrl-C."""
-    import subprocess
-    import sys
-
+    """Run the streaming side: scorer(s), the label sink, the retrain listener and optionally the API, each
+    restarted if it dies, until Ctrl-C."""
     from systems.fraud.stream import main as stream_main
+    from systems.fraud.supervise import run_up
 
     settings = _settings()
-    history = settings.history if settings.history.exists() else None
     if scorer_only:
-        stream_main([] if history is None else ["--history", str(history)])
+        stream_main([] if not settings.history.exists() else ["--history", str(settings.history)])
         return
-    from systems.fraud.feedback import run_label_sink, run_retrain_listener
-
-    cmd = [sys.executable, "-m", "systems.fraud.stream"] + ([] if history is None else ["--history", str(history)])
-    procs = [subprocess.Popen(cmd) for _ in range(scorers)]
-    if api:
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    "systems.fraud.serve:create_app",
-                    "--host",
-                    settings.host,
-                    "--port",
-                    str(settings.api_port),
-                ]
-            )
-        )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threads = []
-    if label_sink:
-        threads.append(("label sink", threading.Thread(target=run_label_sink, args=(settings, stop), daemon=True)))
-    if retrain_listener:
-        listener = threading.Thread(target=run_retrain_listener, args=(settings, stop), daemon=True)
-        threads.append(("retrain listener", listener))
-    for _, thread in threads:
-        thread.start()
-    extras = "".join(f" + {name}" for name, _ in threads)
-    console.print(f"{scorers} scorer(s){' + API' if api else ''}{extras} running; Ctrl-C stops")
     try:
-        while not stop.is_set() and all(p.poll() is None for p in procs):
-            time.sleep(0.5)
+        run_up(
+            settings,
+            scorers=scorers,
+            api=api,
+            label_sink=label_sink,
+            retrain_listener=retrain_listener,
+            say=console.print,
+            stop=stop,
+        )
     except KeyboardInterrupt:
-        pass
-    finally:
         stop.set()
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(30)
 
 
 @app.command()

@@ -21,7 +21,7 @@ from systems.common.predictions import PredictionRecord
 from systems.fraud.replay import replay, tx_json
 from systems.fraud.schemas import Chargeback, Decision, chargeback_json
 from systems.fraud.store import DecisionStore
-from systems.fraud.stream import decision_store_url, fraud_topics, run_scorer
+from systems.fraud.stream import ScorerHealth, decision_store_url, fraud_topics, run_scorer
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +51,7 @@ def test_scorer_end_to_end_with_dead_letters(fraud_world, broker: LocalBroker, s
     create_topics(settings, fraud_topics(settings))
     ready = threading.Event()
     result: dict[str, object] = {}
+    health = ScorerHealth()
 
     def target() -> None:
         try:
@@ -60,6 +61,7 @@ def test_scorer_end_to_end_with_dead_letters(fraud_world, broker: LocalBroker, s
                 warm_until_s=fraud_world.replay_start_s,
                 stop=stop_event,
                 on_ready=lambda scorer: (result.__setitem__("live", scorer), ready.set()),
+                health=health,
             )
         except BaseException as exc:  # surfaced by the asserts below
             result["error"] = exc
@@ -173,6 +175,7 @@ def test_scorer_end_to_end_with_dead_letters(fraud_world, broker: LocalBroker, s
     live = result["live"]
     kit.wait_for(lambda: 987_654 in live.state.terminals, 30, "the good label after the bad ones")  # type: ignore[attr-defined]
     assert thread.is_alive(), "the scorer must survive bad input"
+    assert health.ready() and health.labels is not None and health.labels.deaths == 0, health.reason()
     stop_event.set()
     thread.join(15)
     store.close()
