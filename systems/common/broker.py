@@ -769,7 +769,7 @@ class SupervisedLoop(threading.Thread):
     def __init__(
         self,
         name: str,
-        target: Callable[[], None],
+        target: Callable[[], object],
         *,
         stop: threading.Event,
         restart: bool = True,
