@@ -221,11 +221,15 @@ class _ConfluentProducer:
             "acks": "all",
             "linger.ms": 2,  # small batching window: throughput without a visible latency cost
             "enable.idempotence": True,  # broker de-duplicates producer retries
+            # one callback for the producer, called only for failures: a per-message callback into Python
+            # costs ~30 % of the produce rate
+            "on_delivery": self._on_delivery,
+            "delivery.report.only.error": True,
         }
         config.update(overrides)
-        self._producer = CProducer(config)
         self._errors: list[str] = []
         self._unpolled = 0
+        self._producer = CProducer(config)
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
         if err is not None:
@@ -234,7 +238,7 @@ class _ConfluentProducer:
     def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value=value, key=key)
                 break
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self._producer.poll(0.05)

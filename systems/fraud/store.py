@@ -309,6 +309,13 @@ class DecisionStore:
         r = self._db.query("SELECT COUNT(*), COUNT(DISTINCT tx_id) FROM decisions")[0]
         return int(r[0]), int(r[1])
 
+    def rows(self) -> int:
+        """Rows stored, cheaply enough to poll while a scorer writes (sqlite: the largest rowid, O(log n); rows
+        are never deleted, and an ignored insert takes no rowid)."""
+        if self._db.pg:
+            return int(self._db.query("SELECT COUNT(*) FROM decisions")[0][0])
+        return int(self._db.query("SELECT COALESCE(MAX(rowid), 0) FROM decisions")[0][0])
+
     def get(self, tx_id: int) -> dict[str, Any] | None:
         rows = self._db.query(f"SELECT {', '.join(DECISION_COLUMNS[:-1])} FROM decisions WHERE tx_id = ?", (tx_id,))
         return dict(zip(DECISION_COLUMNS[:-1], rows[0], strict=True)) if rows else None

@@ -43,6 +43,7 @@ registry and swaps in a new ``champion`` between two batches: no restart, no dro
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import sys
@@ -468,12 +469,16 @@ def run_scorer(
     on_ready: Callable[[Scorer], Any] | None = None,
     health: ScorerHealth | None = None,
     registry: Any = None,
+    freeze_gc: bool = False,
 ) -> Scorer:
     """Warm state, load the champion, read the labels to the end, then consume until ``stop`` is set. Returns
     the scorer (stats).
 
     ``on_ready`` runs once the consumer group has assigned this scorer its partitions: from then on a sent
     transaction is scored without waiting for a group join (callers wait on it instead of sleeping).
+    ``freeze_gc`` (a scorer process, not a test thread): the warmed state is moved out of the garbage
+    collector's sight and collections are made rarer -- the state is hundreds of thousands of long-lived
+    objects that every full collection would traverse again (~1 us per event, 20 % of the feature time).
     """
     health = health or ScorerHealth()
     state = OnlineFeatures()
@@ -481,6 +486,11 @@ def run_scorer(
         tx = pd.read_parquet(history, columns=["tx_id", "ts_s", "customer_id", "terminal_id", "amount", "fraud"])
         until = warm_until_s or settings.warm_until_s or day_start_s(tx, settings.replay_start_day)
         state = warm_state(tx, until_s=until, days=settings.warm_days)
+        del tx
+    if freeze_gc:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 1000)
     deadline = time.monotonic() + wait_for_model_s
     model = load_champion(settings)
     while model is None and time.monotonic() < deadline and not stop.is_set():
@@ -587,6 +597,7 @@ def main(argv: list[str] | None = None) -> None:
             on_ready=ready,
             health=health,
             registry=registry,
+            freeze_gc=True,
         )
         log.info(
             "stopped: %d scored, %d dead-lettered, %d customer states restored, %d re-delivered decisions "
