@@ -263,6 +263,9 @@ def _listen(settings, retrain_kwargs: dict) -> None:
         raise errors[0]
 
 
+BENCH_PARTS = ("quality", "stream", "api", "fault", "poison", "chaos", "transactions")
+
+
 @app.command()
 def bench(
     out: Annotated[
@@ -272,23 +275,24 @@ def bench(
         bool, typer.Option(help="small smoke run, not numbers to publish (written under the data dir)")
     ] = False,
     repeats: Annotated[int, typer.Option(help="runs of the stream and api parts; medians are reported")] = 3,
-    parts: Annotated[str, typer.Option(help="comma-separated subset of quality,stream,api,fault")] = (
-        "quality,stream,api,fault"
+    parts: Annotated[str, typer.Option(help=f"comma-separated subset of {','.join(BENCH_PARTS)}")] = ",".join(
+        BENCH_PARTS
     ),
 ) -> None:
     """Simulator, quality table (once), streaming throughput/latency and /score latency (medians of
-    ``--repeats`` runs), fault run (once)."""
+    ``--repeats`` runs), a SIGKILL fault run, poison messages, seeded chaos (kill -9 of scorer and API) and a
+    probe of the broker's transactions (once each)."""
     import json
 
     from systems.common.errors import MlsdError
     from systems.fraud.bench import run_bench
 
     chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
-    unknown = set(chosen) - {"quality", "stream", "api", "fault"}
+    unknown = set(chosen) - set(BENCH_PARTS)
     if unknown or repeats < 1:
-        raise MlsdError(f"bad --parts {sorted(unknown)} or --repeats {repeats}: use quality,stream,api,fault and >= 1")
+        raise MlsdError(f"bad --parts {sorted(unknown)} or --repeats {repeats}: use {','.join(BENCH_PARTS)} and >= 1")
     result = run_bench(out, quick=quick, parts=("simulator", *chosen), repeats=repeats)
-    keys = ("simulator", "quality", "stream", "api", "fault")
+    keys = ("simulator", *BENCH_PARTS)
     console.print_json(json.dumps({k: result.get(k) for k in keys}, default=str))
     console.print(f"[green]✓[/] wrote {out or 'systems/fraud/bench/fraud.json'} and its PNG")
 

@@ -202,9 +202,11 @@ class OnlineFeatures:
     recompute a table: replaying a backlog of labels costs what the labels cost.
 
     ``clock_s`` is the newest transaction time seen (the stream's clock); ``check_time`` is the edge check
-    that keeps an event's time within a window around it. Labels for transactions after the clock's day
-    wait in a small queue until the clock reaches their day: applied early, they would overwrite a terminal
-    bucket that the current windows still read.
+    that keeps an event's time within a window around it. A label that arrives before the clock has reached
+    its maturity (a label reader running ahead of a lagging transaction stream, or a restarted scorer reading
+    the whole label topic at once) waits in a queue until it does: applied early, it would overwrite the
+    oldest day of a terminal's 38-day ring, which a partition a day behind the clock still reads. (A
+    partition more than a week of event time behind the clock can lose that oldest day all the same.)
     """
 
     def __init__(self) -> None:
@@ -308,8 +310,8 @@ class OnlineFeatures:
         if d > self._day:  # the clock enters a new day: labels it has waited for, then its table
             self._day = d
             if self._pending:
-                due = [p for p in self._pending if p[1] // SECONDS_PER_DAY <= d]
-                self._pending = [p for p in self._pending if p[1] // SECONDS_PER_DAY > d]
+                due = [p for p in self._pending if p[1] // SECONDS_PER_DAY + LABEL_DELAY_DAYS <= d]
+                self._pending = [p for p in self._pending if p[1] // SECONDS_PER_DAY + LABEL_DELAY_DAYS > d]
                 for terminal_id, ts_s, fraud in due:
                     self._apply_label(terminal_id, ts_s, fraud)
             # The whole table at once only if enough events came since the last one: a row costs ~8x its share
@@ -359,8 +361,8 @@ class OnlineFeatures:
 
     def observe_label(self, terminal_id: int, ts_s: int, fraud: int) -> None:
         """A matured label for a transaction made at ``ts_s`` on ``terminal_id``."""
-        if ts_s // SECONDS_PER_DAY > self._day and self.clock_s is not None:
-            self._pending.append((terminal_id, ts_s, fraud))  # its day is still ahead of the clock
+        if ts_s // SECONDS_PER_DAY + LABEL_DELAY_DAYS > self._day and self.clock_s is not None:
+            self._pending.append((terminal_id, ts_s, fraud))  # it has not matured yet as far as the clock knows
             return
         self._apply_label(terminal_id, ts_s, fraud)
 

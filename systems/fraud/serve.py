@@ -32,6 +32,7 @@ on Kafka.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -93,6 +94,10 @@ class ScoringService:
         if self.model is None:
             raise MlsdError(f"no {self.settings.model_name}@champion in the registry: run `mlsd fraud train`")
         self.store = ScoreStore(score_store_url(self.settings))
+        # customers answered before a restart continue from their stored state, not from the history's
+        self.state.import_customers(self.store.customer_states())
+        gc.collect()
+        gc.freeze()  # the warmed state: long-lived, never garbage; full collections would traverse it again
         ChampionWatcher(self.settings, self.model.version, self.swap, self.stop).start()
 
     def swap(self, model: FraudModel) -> None:
@@ -133,7 +138,14 @@ class ScoringService:
                 "latency_ms": latency_ms,
             }
         )
-        if self.store is not None and not self.store.put(tx.tx_id, request, body, int(time.time() * 1000)):
+        if self.store is not None and not self.store.put(
+            tx.tx_id,
+            request,
+            body,
+            int(time.time() * 1000),
+            x.tobytes(),
+            (tx.customer_id, 0, self.state.export_customers([tx.customer_id])[0][1]),
+        ):
             stored = self.store.get(tx.tx_id)  # another worker answered this tx_id first: its answer stands
             if stored is not None:
                 if stored[0] != request:

@@ -342,30 +342,57 @@ class ScoreStore:
     """``POST /score`` answers by transaction id: a retry gets the stored answer, never a second decision.
 
     ``request`` is the scored fields as the client sent them, so a tx_id reused for a different transaction is
-    told apart from a retry; ``response`` is the exact JSON body answered the first time.
+    told apart from a retry; ``response`` is the exact JSON body answered the first time; ``features`` what the
+    model saw. The customer's state after the transaction is written in the same transaction as the answer, so
+    an API restarted after ``kill -9`` resumes every customer exactly where its last stored answer left it.
     """
 
     def __init__(self, url: str) -> None:
         self._db = _Sql(url)
         self._db.ddl(
             "CREATE TABLE IF NOT EXISTS score_answers (tx_id BIGINT PRIMARY KEY, request TEXT NOT NULL,"
-            " response TEXT NOT NULL, decided_ms BIGINT NOT NULL)"
+            " response TEXT NOT NULL, decided_ms BIGINT NOT NULL, features BYTEA)"
         )
+        self._db.ddl(_STATE_DDL)
 
     def get(self, tx_id: int) -> tuple[str, bytes] | None:
         rows = self._db.query("SELECT request, response FROM score_answers WHERE tx_id = ?", (tx_id,))
         return (str(rows[0][0]), str(rows[0][1]).encode()) if rows else None
 
-    def put(self, tx_id: int, request: str, response: bytes, decided_ms: int) -> bool:
-        """Store the first answer for ``tx_id``; False if one was already there (another worker's)."""
-        return (
-            self._db.insert_ignore(
-                "score_answers",
-                ("tx_id", "request", "response", "decided_ms"),
-                [(tx_id, request, response.decode(), decided_ms)],
-            )
-            == 1
+    def put(self, tx_id: int, request: str, response: bytes, decided_ms: int, features: bytes, state: StateRow) -> bool:
+        """Store the first answer for ``tx_id`` with the customer's new state; False (and nothing written) if an
+        answer was already there (another worker's)."""
+        answer = (tx_id, request, response.decode(), decided_ms, features)
+        upsert = (
+            "INSERT INTO customer_state (customer_id, part, state) VALUES (?, ?, ?)"
+            " ON CONFLICT (customer_id) DO UPDATE SET part = excluded.part, state = excluded.state"
         )
+        if self._db.pg:
+            with self._db.conn, self._db.conn.cursor() as cur:
+                cur.execute("INSERT INTO score_answers VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING", answer)
+                if cur.rowcount != 1:
+                    return False
+                cur.execute(upsert.replace("?", "%s"), state)
+                return True
+        conn = self._db.conn
+        conn.execute("BEGIN")
+        try:
+            inserted = conn.execute("INSERT OR IGNORE INTO score_answers VALUES (?, ?, ?, ?, ?)", answer).rowcount
+            if inserted == 1:
+                conn.execute(upsert, state)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return inserted == 1
+
+    def customer_states(self) -> list[tuple[int, bytes]]:
+        """Every customer state written with an answer (restored at start)."""
+        return [(int(c), bytes(b)) for c, b in self._db.query("SELECT customer_id, state FROM customer_state")]
+
+    def features(self) -> pd.DataFrame:
+        """tx_id and the features each answer was computed from (float64 bytes)."""
+        return self._db.frame("SELECT tx_id, features FROM score_answers")
 
     def close(self) -> None:
         self._db.close()
