@@ -4,13 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint format bench clean help
+.PHONY: install demo test lint format bench compose-test clean help
 
 help:
 	@echo "make demo   - set up .venv, fetch data, run every built system's demo"
 	@echo "make test   - set up .venv and run unit, integration and model tests"
 	@echo "make lint   - ruff check, ruff format --check, mypy systems"
 	@echo "make bench  - bench selftest, broker and every system's benchmark into systems/*/bench/, then the README numbers"
+	@echo "make compose-test - (root) build the images offline, start every compose profile, check it through its ports"
 
 # Re-installs only when pyproject.toml changes: a quick no-op otherwise.
 $(STAMP): pyproject.toml
@@ -44,6 +45,11 @@ bench: $(STAMP)
 		echo "== mlsd $$sys bench"; $(BIN)/mlsd $$sys bench || exit 1; \
 	done
 	$(BIN)/mlsd bench report
+
+# Every compose profile started by a real Docker engine (dockerd is started, and stopped, when none runs) and
+# checked through its published ports; images from docker/offline/build.sh. Prints the seconds of each step.
+compose-test: $(STAMP)
+	$(BIN)/python tests/compose/smoke.py
 
 clean:
 	rm -rf $(VENV) .mlsd .pytest_cache .mypy_cache .ruff_cache

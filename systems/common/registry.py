@@ -169,15 +169,25 @@ def versions_tagged(name: str, key: str, value: str) -> list[str]:
     return [str(v) for v in sorted(found)]
 
 
+_NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+"""The error codes MLflow answers for a missing model ("… not found") and a missing alias ("alias … not found")."""
+
+
 def get_alias_version(name: str, alias: str) -> str | None:
-    """The version an alias points at, or None when the model or alias does not exist."""
+    """The version an alias points at, or None when the model or alias does not exist.
+
+    Any other failure (the registry server unreachable, a broken database) raises: "the registry is down" is
+    not "there is no champion", and a caller that keeps its last good model should say which it is.
+    """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in _NOT_FOUND:
+            return None
+        raise
 
 
 def model_uri(name: str, alias: str = CHAMPION) -> str:

@@ -20,7 +20,9 @@ user on the challenger at 5 % is still on it at 25 % (the buckets below 500 are 
 
 - *errors*: share of challenger calls that raised, at most ``max_error_rate``;
 - *latency*: challenger p99 over champion p99 (model time, from the same step) at most ``max_p99_ratio``
-  (a p99 under ``p99_floor_ms`` passes whatever the ratio: at a fraction of the budget a ratio is noise);
+  (a p99 under ``p99_floor_ms`` passes whatever the ratio: at a fraction of the budget a ratio is noise). Both
+  arms are compared at the same quantile, the highest the smaller arm can estimate (``tail_samples`` calls above
+  it): p99 from 1,000 calls each, p90 while a 5 % canary has 100;
 - *prediction shift*: the positive rates of challenger and champion must not differ by more than ``max_shift``
   *with confidence* (the bound of :func:`mixture_test`; a raw difference over 50 requests is mostly noise). A
   model that says "positive" to everything is caught before any label arrives;
@@ -85,6 +87,10 @@ class RolloutPlan(BaseModel):
     max_p99_ratio: float = Field(default=2.0, gt=0.0)
     p99_floor_ms: float = Field(default=10.0, ge=0.0)
     """A challenger p99 under this is never a latency failure, whatever the ratio (the budget is 50 ms)."""
+    tail_samples: int = Field(default=10, ge=1)
+    """The latency check compares the highest quantile (at most p99) that leaves this many calls above it in
+    the *smaller* arm: a 5 % canary's p99 over 100 calls is its single slowest call, so one preemption of a
+    busy host would read as a regression against the champion's p99 over 2,000."""
     max_shift: float = Field(default=0.1, gt=0.0, le=1.0)
     """Roll back when the positive rates differ by more than this, with confidence (an always-valid bound)."""
     quality_delta: float = Field(default=0.05, gt=0.0, lt=1.0)
@@ -133,7 +139,10 @@ class ArmStats:
         self.wrong += int(not correct)
 
     def p99(self) -> float | None:
-        return float(np.percentile(np.fromiter(self.latency_ms, float), 99)) if self.latency_ms else None
+        return self.quantile(99.0)
+
+    def quantile(self, q: float) -> float | None:
+        return float(np.percentile(np.fromiter(self.latency_ms, float), q)) if self.latency_ms else None
 
     def as_dict(self) -> dict[str, Any]:
         answered = self.calls - self.errors
@@ -202,12 +211,17 @@ def analyse(
             return Verdict("rollback", f"challenger error rate {rate:.1%} > {plan.max_error_rate:.1%}", checks)
     enough = min(champion.calls - champion.errors, challenger.calls - challenger.errors) >= plan.min_requests
     if enough:
-        p_ch, p_champ = challenger.p99(), champion.p99()
-        if p_ch is not None and p_champ:
+        smaller = min(len(champion.latency_ms), len(challenger.latency_ms))
+        q = min(99.0, 100.0 * (1.0 - plan.tail_samples / smaller)) if smaller else 0.0
+        p_ch, p_champ = challenger.quantile(q), champion.quantile(q)
+        if q >= 50.0 and p_ch is not None and p_champ:
             ratio = p_ch / max(p_champ, 1e-3)
             checks["p99_ratio"] = round(ratio, 3)
+            checks["latency_quantile"] = round(q, 2)
             if ratio > plan.max_p99_ratio and p_ch > plan.p99_floor_ms:
-                return Verdict("rollback", f"challenger p99 {p_ch:.2f} ms is {ratio:.1f}× the champion's", checks)
+                return Verdict(
+                    "rollback", f"challenger latency p{q:g} {p_ch:.2f} ms is {ratio:.1f}× the champion's", checks
+                )
         shift = mixture_test(
             champion.positives,
             champion.calls - champion.errors,

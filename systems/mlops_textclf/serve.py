@@ -34,16 +34,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from systems.common import registry
-from systems.common.broker import TopicSpec
+from systems.common.broker import TopicSpec, dead_letter_topic
 from systems.common.errors import MlsdError
+from systems.common.http import ADMIN_RESPONSES, AdminCredentials, check_admin_token, conflict_response
 from systems.common.http import create_app as create_base_app
 from systems.common.predictions import LabelRecord, PredictionPublisher
 from systems.mlops_textclf.rollout import ArmStats, RolloutPlan, RolloutState, Verdict, analyse, on_challenger
-from systems.mlops_textclf.settings import TextclfSettings
+from systems.mlops_textclf.settings import MAX_BATCH, MAX_TEXT_CHARS, TextclfSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,16 @@ SYSTEM = "textclf"
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1, description="the review (title and text joined, as in training)")
+    text: str = Field(
+        min_length=1, max_length=MAX_TEXT_CHARS, description="the review (title and text joined, as in training)"
+    )
     key: str | None = Field(default=None, min_length=1, max_length=200, description="user/session: sticky arm")
 
 
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    items: list[PredictRequest] = Field(min_length=1)
+    items: list[PredictRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class Prediction(BaseModel):
@@ -279,11 +282,13 @@ class TextclfService:
                 self._stats(version).record_label(predicted == str(label.label))
 
     def run_label_consumer(self) -> None:
-        from systems.common.broker import decode_batch, make_consumer, make_producer
+        from systems.common.broker import decode_batch, make_producer, make_reader
 
         while not self.stop.is_set():
             try:
-                consumer = make_consumer(self.settings, [self.settings.labels_topic], f"textclf-serve-{uuid.uuid4()}")
+                # Every replica needs every label of the predictions it made: a reader of the whole topic, in no
+                # consumer group (no join to wait for, and none that a broker could leave hanging).
+                consumer = make_reader(self.settings, [self.settings.labels_topic], start="end")
                 self.feedback_assigned = consumer.assigned
                 producer = make_producer(self.settings)
             except Exception as exc:  # broker down at start: try again, serving goes on
@@ -550,7 +555,11 @@ def create_app(settings: TextclfSettings | None = None, service: TextclfService 
         settings.ensure_dirs()
         service.load()
         if settings.publish_predictions:
-            topics = [TopicSpec(settings.predictions_topic, 1), TopicSpec(settings.labels_topic, 1)]
+            topics = [
+                TopicSpec(settings.predictions_topic, 1),
+                TopicSpec(settings.labels_topic, 1),
+                TopicSpec(dead_letter_topic(settings.labels_topic), 1),
+            ]
             service.publisher = PredictionPublisher(
                 settings, system=SYSTEM, registry=app.state.metrics_registry, topics=topics
             ).start()
@@ -564,11 +573,8 @@ def create_app(settings: TextclfSettings | None = None, service: TextclfService 
     app = create_base_app(title="mlsd textclf", lifespan=lifespan, ready=lambda: service.routing is not None)
     app.state.service = service
 
-    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        if settings.admin_token is None:
-            raise HTTPException(403, "admin endpoints are disabled: set MLSD_TEXTCLF_ADMIN_TOKEN")
-        if authorization != f"Bearer {settings.admin_token}":
-            raise HTTPException(401, "missing or wrong admin token (Authorization: Bearer …)")
+    def admin(credentials: AdminCredentials) -> None:
+        check_admin_token(credentials, settings.admin_token, env_var="MLSD_TEXTCLF_ADMIN_TOKEN")
 
     Admin = Depends(admin)
 
@@ -588,16 +594,28 @@ def create_app(settings: TextclfSettings | None = None, service: TextclfService 
         """Models, traffic split, per-version evidence and the rollout's decisions."""
         return svc.status()
 
-    @app.post("/admin/rollout", dependencies=[Admin])
+    @app.post(
+        "/admin/rollout",
+        dependencies=[Admin],
+        responses=ADMIN_RESPONSES | conflict_response("A rollout is running, or there is no challenger to roll out"),
+    )
     def start_rollout(plan: RolloutPlan, svc: ServiceDep) -> Any:
         """Load the registry's challenger and start a shadow, canary or blue/green rollout of it."""
         return svc.start_rollout(plan)
 
-    @app.post("/admin/promote", dependencies=[Admin])
+    @app.post(
+        "/admin/promote",
+        dependencies=[Admin],
+        responses=ADMIN_RESPONSES | conflict_response("Nothing to promote: no rollout is waiting for it"),
+    )
     def promote(svc: ServiceDep) -> Any:
         return svc.admin_promote()
 
-    @app.post("/admin/rollback", dependencies=[Admin])
+    @app.post(
+        "/admin/rollback",
+        dependencies=[Admin],
+        responses=ADMIN_RESPONSES | conflict_response("Nothing to roll back"),
+    )
     def rollback(svc: ServiceDep) -> Any:
         return svc.admin_rollback()
 

@@ -36,6 +36,12 @@ SENTIMENT_FROM_RATING: dict[str, list[RawValue]] = {"negative": [1, 2], "positiv
 """The default task: star rating -> sentiment; 3 is excluded (see ``ingest``)."""
 
 
+MAX_BATCH = 256
+"""The hard cap on items per batch request, as the API schema states it."""
+MAX_TEXT_CHARS = 20_000
+"""The hard cap on characters per text, as the API schema states it."""
+
+
 class CorpusConfig(BaseModel):
     """How one source table becomes examples ``(example_id, text, label, slice)``.
 
@@ -170,8 +176,10 @@ class TextclfSettings(MlsdSettings):
     labels_topic: str = "textclf.feedback"
     """Feedback labels (``LabelRecord`` by ``prediction_id``): the rollout's quality evidence, and monitoring's."""
     publish_predictions: bool = True
-    max_batch: int = Field(default=256, ge=1)
-    max_text_chars: int = Field(default=20_000, ge=1)
+    max_batch: int = Field(default=MAX_BATCH, ge=1, le=MAX_BATCH)
+    """Items per ``/predict/batch`` (may be lowered; the API schema states the cap)."""
+    max_text_chars: int = Field(default=MAX_TEXT_CHARS, ge=1, le=MAX_TEXT_CHARS)
+    """Characters per text, in the API and in examples from the topic (may be lowered)."""
     rollout_tick_s: float = Field(default=0.5, gt=0.0)
     pending_labels: int = Field(default=200_000, ge=1000)
     """Served predictions remembered for the feedback join (oldest forgotten first)."""

@@ -87,7 +87,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from systems.common.broker import BrokerError, Producer, make_producer, publish
 from systems.common.predictions import RetrainRequest, Scalar
@@ -1028,7 +1028,8 @@ class AlertmanagerWebhook(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    version: str
+    version: Literal["4"]
+    """The webhook format's version: only 4 is read (the schema says so, so a client knows before it sends)."""
     status: Literal["firing", "resolved"]
     receiver: str = ""
     groupKey: str = ""
@@ -1038,13 +1039,6 @@ class AlertmanagerWebhook(BaseModel):
     commonAnnotations: dict[str, str] = Field(default_factory=dict)
     externalURL: str = ""
     alerts: list[AlertmanagerAlert]
-
-    @field_validator("version")
-    @classmethod
-    def _version_4(cls, v: str) -> str:
-        if v != "4":
-            raise ValueError(f"Alertmanager webhook version {v!r} is not supported (expected '4')")
-        return v
 
 
 # ============================================================================================= retraining

@@ -82,6 +82,10 @@ def up(
 
     settings = MonitoringSettings()
     settings.ensure_dirs()
+    configured = settings.admin_token is not None
+    settings = settings.with_admin_token(create=True)  # admin calls always need a token
+    if not configured:
+        console.print(f"admin token in {settings.admin_token_file} (set MLSD_MONITORING_ADMIN_TOKEN to choose one)")
     port = port or settings.api_port
     host, _, broker_port = settings.kafka_bootstrap.rpartition(":")
     if not port_open(host or "127.0.0.1", int(broker_port or 9092)):
@@ -147,7 +151,7 @@ def inject(
 
     if scenario not in SCENARIOS and scenario != "clean":
         raise MlsdError(f"unknown scenario {scenario!r}: use one of clean, {', '.join(SCENARIOS)}")
-    settings = MonitoringSettings()
+    settings = MonitoringSettings().with_admin_token()  # the one `mlsd monitoring up` made, if none is set
     service = url or f"http://{settings.host}:{settings.api_port}"
     try:
         httpx.get(service + "/healthz", timeout=2.0).raise_for_status()
@@ -205,7 +209,7 @@ def report(
 
     from systems.monitoring.settings import MonitoringSettings
 
-    settings = MonitoringSettings()
+    settings = MonitoringSettings().with_admin_token()  # the one `mlsd monitoring up` made, if none is set
     service = url or f"http://{settings.host}:{settings.api_port}"
     try:
         summary = httpx.get(service + "/api/summary", timeout=10.0).json()

@@ -34,14 +34,22 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
+from systems.common.http import ADMIN_RESPONSES, AdminCredentials, check_admin_token
 from systems.common.http import create_app as create_base_app
-from systems.monitoring.alerts import EXPORTED_METRICS, AlertLoop, AlertPolicy, drift_score, feature_quality
+from systems.monitoring.alerts import (
+    EXPORTED_METRICS,
+    AlertLoop,
+    AlertmanagerWebhook,
+    AlertPolicy,
+    drift_score,
+    feature_quality,
+)
 from systems.monitoring.results import Metric, WindowResult
 from systems.monitoring.settings import MonitoringSettings
 
@@ -367,28 +375,17 @@ def create_app(
 
     app = create_base_app(title="mlsd monitoring", lifespan=lifespan, ready=ready)
 
-    def require_token(authorization: str | None) -> None:
-        if settings.admin_token is None:
-            return
-        if authorization != f"Bearer {settings.admin_token}":
-            raise HTTPException(status_code=401, detail="missing or wrong admin token (Authorization: Bearer …)")
+    def admin(credentials: AdminCredentials) -> None:
+        check_admin_token(credentials, settings.admin_token, env_var="MLSD_MONITORING_ADMIN_TOKEN")
 
-    @app.post("/alerts")
-    async def alerts_webhook(
-        request: Request, view: ViewDep, authorization: Annotated[str | None, Header()] = None
-    ) -> dict[str, Any]:
+    Admin = Depends(admin)  # a dependency: the token is checked before the body is read or validated
+
+    @app.post("/alerts", dependencies=[Admin], responses=ADMIN_RESPONSES)
+    async def alerts_webhook(body: AlertmanagerWebhook, view: ViewDep) -> dict[str, Any]:
         """Alertmanager's webhook: its alerts become incidents of the shared book."""
-        require_token(authorization)
         if view.alerts is None:
             raise HTTPException(status_code=503, detail="no alert loop configured")
-        try:
-            payload = await request.json()
-        except ValueError as exc:
-            raise HTTPException(status_code=400, detail=f"body is not JSON: {exc}") from exc
-        try:
-            touched = view.alerts.handle_alertmanager_webhook(payload)
-        except ValidationError as exc:
-            raise HTTPException(status_code=422, detail=f"not an Alertmanager v4 webhook body: {exc}") from exc
+        touched = view.alerts.handle_alertmanager_webhook(body)
         return {"incidents": [i.incident_id for i in touched]}
 
     def live_hook(name: str) -> Callable[..., Any]:
@@ -398,16 +395,14 @@ def create_app(
             raise HTTPException(status_code=503, detail="this service has no live ingest (mlsd monitoring up)")
         return hook
 
-    @app.post("/api/references/reload")
-    async def reload_references(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+    @app.post("/api/references/reload", dependencies=[Admin], responses=ADMIN_RESPONSES)
+    async def reload_references() -> dict[str, Any]:
         """Re-read the reference folder (a new model's training summary, its validation metrics as targets)."""
-        require_token(authorization)
         return {"references": live_hook("reload_references")()}
 
-    @app.post("/api/references/rebaseline")
-    async def rebaseline(body: RebaselineBody, authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+    @app.post("/api/references/rebaseline", dependencies=[Admin], responses=ADMIN_RESPONSES)
+    async def rebaseline(body: RebaselineBody) -> dict[str, Any]:
         """Make a model version's next windows its own reference (an accepted change upstream)."""
-        require_token(authorization)
         started = live_hook("rebaseline")(body.system, body.model_name, body.model_version, windows=body.windows)
         return {"started": started, "version": f"{body.system}/{body.model_name}/{body.model_version}"}
 

@@ -36,7 +36,9 @@ class MonitoringSettings(MlsdSettings):
     alert_cooldown_s: float = 600.0
     """After an incident fires, the same cause does not fire again for this long (one incident, not a storm)."""
     admin_token: str | None = None
-    """Bearer token required on admin endpoints (the Alertmanager webhook); None = no token (local demo)."""
+    """Bearer token of the admin endpoints (the Alertmanager webhook, reference reload and rebaseline). None:
+    ``mlsd monitoring up`` makes one for its run in ``<data dir>/monitoring/admin_token`` (mode 0600), which the
+    CLI's clients (``inject``) read; a service with no token at all refuses admin calls (403)."""
     prometheus_url: str | None = None
     """Where the dashboard reads ops metrics (latency, errors, throughput); None = not shown."""
     prometheus_port: int = 9090
@@ -53,6 +55,26 @@ class MonitoringSettings(MlsdSettings):
     @property
     def monitoring_dir(self) -> Path:
         return self.system_dir("monitoring")
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.monitoring_dir / "admin_token"
+
+    def with_admin_token(self, *, create: bool = False) -> MonitoringSettings:
+        """These settings with their admin token: the configured one, else the token file's (made when
+        ``create``, as ``mlsd monitoring up`` does; a client on the same data dir only reads it)."""
+        if self.admin_token is not None:
+            return self
+        path = self.admin_token_file
+        if not path.exists():
+            if not create:
+                return self
+            import secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_urlsafe(24))
+        return self.model_copy(update={"admin_token": path.read_text().strip()})
 
     @property
     def references(self) -> Path:

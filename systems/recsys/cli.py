@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -35,24 +35,71 @@ def quality_table(quality: dict[str, dict[str, float]]) -> Table:
     return t
 
 
+def study_table(name: str, rep: dict[str, Any]) -> Table:
+    """One dataset's quality study: every model's test metrics with 95 % CIs, the gate's pick marked."""
+    t = Table(title=f"{name}: test, {rep['test_users']:,} users (95% CI); served = {rep['served']['name']}")
+    for col in ("model", "val ndcg@10", "ndcg@10", "recall@10", "recall@50", "mrr@50", "coverage@10"):
+        t.add_column(col)
+    for model, m in rep["models"].items():
+        ci = m["ci95"]
+        t.add_row(
+            model + (" *" if model == rep["served"]["name"] else ""),
+            f"{m['val_ndcg@10']:.4f}",
+            *(f"{m[c]:.4f} [{ci[c][0]:.3f}, {ci[c][1]:.3f}]" for c in ("ndcg@10", "recall@10", "recall@50", "mrr@50")),
+            f"{m['coverage@10']:.3f}",
+        )
+    return t
+
+
 @app.command()
 def train(
-    users: Annotated[int, typer.Option(help="train on a random slice of N users (0 = all)")] = 0,
-    quick: Annotated[bool, typer.Option(help="the CI preset: 300 users, few epochs")] = False,
+    dataset: Annotated[str, typer.Option(help="interaction log: movielens-100k, movielens-1m or synthetic")] = "",
+    quick: Annotated[bool, typer.Option(help="the CI preset: small grids, few epochs")] = False,
+    legacy: Annotated[bool, typer.Option(help="train the two-tower + ranker artefacts and Feast tables")] = False,
+    users: Annotated[int, typer.Option(help="legacy only: train on a random slice of N users (0 = all)")] = 0,
 ) -> None:
-    """Train every model on the temporal split, evaluate, publish features to Feast."""
+    """Study every model on validation, serve the gate's winner: refit on all data, register, alias champion."""
     import logging
 
     from systems.recsys.settings import RecsysSettings
-    from systems.recsys.train import TrainConfig, cpu_debug, train_and_publish
 
     logging.basicConfig(level=logging.WARNING)
-    cfg = cpu_debug() if quick else TrainConfig()
-    if users:
-        cfg.n_users = users
-    res = train_and_publish(RecsysSettings(), cfg)
-    console.print(quality_table(res.quality))
-    console.print({k: round(v, 1) for k, v in res.timings_s.items()})
+    settings = RecsysSettings()
+    if legacy:
+        from systems.recsys.train import TrainConfig, cpu_debug, train_and_publish
+
+        cfg = cpu_debug() if quick else TrainConfig()
+        if users:
+            cfg.n_users = users
+        res = train_and_publish(settings, cfg)
+        console.print(quality_table(res.quality))
+        console.print({k: round(v, 1) for k, v in res.timings_s.items()})
+        return
+    version, report = train_registered(settings, dataset or settings.dataset, quick=quick)
+    console.print(study_table(dataset or settings.dataset, report))
+    console.print(
+        f"served: [bold]{report['served']['name']}[/] (gate: best validation NDCG@10), "
+        f"registered as {settings.model_name} version {version} (alias champion)"
+    )
+
+
+def train_registered(settings: Any, dataset: str, *, quick: bool) -> tuple[str, dict[str, Any]]:
+    """Study → gate → refit the winner on the whole log → MLflow (alias champion)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from systems.recsys.dataset import load_log
+    from systems.recsys.served import fit_served, register_served
+    from systems.recsys.study import StudyConfig, ci_preset
+
+    settings.ensure_dirs()
+    torch.set_num_threads(1)
+    with threadpool_limits(1), console.status(f"studying {dataset}: peers, ranker, gate (minutes)"):
+        model, report = fit_served(load_log(dataset, settings), ci_preset() if quick else StudyConfig())
+        version = register_served(
+            model, report, settings.recsys_dir / "served", name=settings.model_name, settings=settings
+        )
+    return version, report
 
 
 @app.command()
@@ -72,8 +119,12 @@ def up(
 
     settings = RecsysSettings()
     settings.ensure_dirs()
+    if settings.serve_model == "registry":
+        console.print(f"API on http://{settings.host}:{port or settings.api_port}/recommend (registered champion)")
+        uvicorn.run(create_app(settings), host=settings.host, port=port or settings.api_port, log_level="warning")
+        return
     if not (settings.model_dir / "meta.json").exists():
-        console.print("no trained model: run `mlsd recsys train` first")
+        console.print("no trained model: run `mlsd recsys train --legacy` first")
         raise typer.Exit(1)
     local = None
     if broker:
@@ -111,6 +162,9 @@ def bench(
     workers: Annotated[int, typer.Option(help="uvicorn workers for the serving run")] = 2,
     reuse_index: Annotated[bool, typer.Option(help="reuse the saved 1M-item ANN index and sweep if present")] = False,
     only: Annotated[str, typer.Option(help="comma list of quality,ann,serving,freshness,abtest ('' = all)")] = "",
+    datasets: Annotated[
+        str, typer.Option(help="interaction logs for the quality study (movielens-100k, movielens-1m, synthetic)")
+    ] = "movielens-100k,movielens-1m",
 ) -> None:
     """Quality, ANN recall/QPS at scale, serving latency under open-loop load, freshness."""
     import logging
@@ -130,9 +184,11 @@ def bench(
         workers=workers,
         reuse_index=reuse_index,
         only={x.strip() for x in only.split(",") if x.strip()} or None,
+        quality_datasets=tuple(d.strip() for d in datasets.split(",") if d.strip()),
     )
-    if "quality" in res:
-        console.print(quality_table(res["quality"]))
+    for name, rep in res.get("quality", {}).items():
+        if isinstance(rep, dict) and "models" in rep:
+            console.print(study_table(name, rep))
     if "ann" in res:
         console.print({"ann": {k: res["ann"][k] for k in ("index", "param", "value", "qps", "recall@10")}})
         serving = res["serving"].items()
@@ -173,30 +229,34 @@ def abtest(
 
 @app.command()
 def demo(
-    user_id: Annotated[int, typer.Option(help="user to recommend for")] = 1,
+    user_id: Annotated[str, typer.Option(help="user to recommend for (a public id of the dataset)")] = "1",
+    session: Annotated[str, typer.Option(help="comma-separated item ids an anonymous shopper browses")] = "50",
     k: Annotated[int, typer.Option()] = 5,
 ) -> None:
-    """Train the quick preset if needed, then recommend for a known user, an anonymous session and a cold user."""
-    from systems.recsys.pipeline import Artifacts, Recommender
+    """Train (quick preset) if no model is registered, then recommend for a known user, an anonymous session and
+    an unknown user — through the registered champion, as the API does."""
+    from systems.recsys.served import load_champion
     from systems.recsys.settings import RecsysSettings
-    from systems.recsys.train import cpu_debug, train_and_publish
 
     settings = RecsysSettings()
-    if not (settings.model_dir / "meta.json").exists():
-        console.print("training the quick preset (300 users) ...")
-        res = train_and_publish(settings, cpu_debug())
-        console.print(quality_table(res.quality))
-    rec = Recommender(Artifacts.load(settings.model_dir))
-    a = rec.art
-    for label, ctx in (
-        (f"user {user_id}", rec.user_context(user_id - 1)),
-        ("anonymous, browsing Star Wars (50)", rec.user_context(None, session_items=[49])),
-        ("unknown user, no history", rec.user_context(None)),
+    try:
+        model = load_champion(settings.model_name, settings)
+    except LookupError:
+        console.print(f"no registered model: training the quick preset on {settings.dataset} ...")
+        train_registered(settings, settings.dataset, quick=True)
+        model = load_champion(settings.model_name, settings)
+    uid: Any = int(user_id) if user_id.isdigit() else user_id
+    items: list[Any] = [int(x) if x.isdigit() else x for x in session.split(",") if x]
+    browsing = ", ".join(model.titles[i] for i in model.items.indices(items) if i >= 0) or session
+    for label, kwargs in (
+        (f"user {user_id}", {"user_id": uid}),
+        (f"anonymous, browsing {browsing}", {"user_id": None, "session_ids": items}),
+        ("unknown user, no history", {"user_id": "nobody-knows-me"}),
     ):
-        out = rec.recommend(ctx, k=k)
-        t = Table(title=f"{label}: {', '.join(f'{s} {v:.2f} ms' for s, v in out.timings_ms.items())}")
+        ans = model.recommend(k=k, **kwargs)
+        t = Table(title=f"{label} — {model.kind}, version {model.version}, history {ans.history_len}")
         for col in ("item_id", "title", "score", "source"):
             t.add_column(col)
-        for i, s, src in zip(out.items, out.scores, out.sources, strict=True):
-            t.add_row(str(int(i) + 1), a.titles[int(i)] if int(i) < len(a.titles) else "synthetic", f"{s:.3f}", src)
+        for i, title, sc in zip(ans.item_ids, ans.titles, ans.scores, strict=True):
+            t.add_row(str(i), title, f"{sc:.3f}", ans.source)
         console.print(t)

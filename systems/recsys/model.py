@@ -165,3 +165,69 @@ class DeepRanker(nn.Module):
         b = item_idx.shape[0]
         x = torch.cat([target, interest, target * interest, cats.expand(b, -1), self.dense_norm(dense)], dim=-1)
         return self.mlp(x).squeeze(-1)
+
+
+@dataclass(kw_only=True)
+class SASRecConfig:
+    n_items: int
+    max_len: int = 50
+    dim: int = 64
+    blocks: int = 2
+    heads: int = 2
+    dropout: float = 0.2
+
+
+class SASRecBlock(nn.Module):
+    """Pre-norm Transformer block: causal self-attention (``blocks.attention``) + position-wise FFN."""
+
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim)
+        self.attn = MultiHeadAttention(cfg.dim, cfg.heads, dropout=cfg.dropout, fused=True)
+        self.norm2 = nn.LayerNorm(cfg.dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
+        # x (B, L, d); pad (B, L) True = padding. Causal: position t sees items 0..t only (no peeking at the
+        # next item it must predict). Left-padded rows attend to nothing before the first real item.
+        h = self.norm1(x)
+        x = x + self.drop(self.attn(h, key_padding_mask=pad, is_causal=True))
+        x = x + self.drop(self.ffn(self.norm2(x)))
+        return x.masked_fill(pad[..., None], 0.0)
+
+
+class SASRec(nn.Module):
+    """Self-attentive sequential recommendation (Kang & McAuley 2018), trained with a full softmax.
+
+    Input (B, L) item ids + 1, left-padded with 0; output (B, L, n_items) next-item logits at every position
+    (training) or (B, n_items) at the last position (:meth:`next_item_scores`). The output layer is the item
+    embedding table itself (weight tying), so the scores are dot products with item vectors.
+    """
+
+    def __init__(self, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.item = nn.Embedding(cfg.n_items + 1, cfg.dim, padding_idx=0)
+        self.pos = nn.Embedding(cfg.max_len, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([SASRecBlock(cfg) for _ in range(cfg.blocks)])
+        self.norm = nn.LayerNorm(cfg.dim)
+        nn.init.normal_(self.item.weight, std=cfg.dim**-0.5)
+
+    def hidden(self, seq: Tensor) -> Tensor:
+        pad = seq == 0  # (B, L)
+        pos = torch.arange(seq.shape[1], device=seq.device)
+        x = self.item(seq) * self.cfg.dim**0.5 + self.pos(pos)[None]  # (B, L, d)
+        x = self.drop(x).masked_fill(pad[..., None], 0.0)
+        for block in self.blocks:
+            x = block(x, pad)
+        return self.norm(x)  # (B, L, d)
+
+    def forward(self, seq: Tensor) -> Tensor:
+        return self.hidden(seq) @ self.item.weight[1:].T  # (B, L, n_items)
+
+    def next_item_scores(self, seq: Tensor) -> Tensor:
+        return self.hidden(seq)[:, -1] @ self.item.weight[1:].T  # (B, n_items)

@@ -20,12 +20,14 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from systems.common.http import create_app as create_base_app
 from systems.common.predictions import Outgoing, PredictionPublisher
 from systems.recsys.abtest import Experiment
 from systems.recsys.pipeline import Recommender, UserContext
+from systems.recsys.served import ServedModel
 from systems.recsys.settings import RecsysSettings
 
 MAX_K = 100
@@ -37,19 +39,24 @@ class OnlineStoreUnavailable(RuntimeError):
     """The online feature store did not answer (down, unreachable, or erroring)."""
 
 
+# Public ids are opaque: integers or short strings without separators, exactly as the data has them.
+ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,64}$"
+PublicId = Annotated[int, Field(ge=0)] | Annotated[str, Field(pattern=ID_PATTERN)]
+
+
 class RecommendRequest(BaseModel):
-    """A request; ``user_id`` None (or unknown) is an anonymous shopper, served from session + trending."""
+    """A request; ``user_id`` None (or unknown) is an anonymous shopper, served from its session items."""
 
     model_config = ConfigDict(extra="forbid")
-    user_id: int | None = Field(default=None, ge=1, description="shopper id; omit for an anonymous session")
+    user_id: PublicId | None = Field(default=None, description="shopper id; omit for an anonymous session")
     k: int = Field(default=10, ge=1, le=MAX_K)
-    session_items: list[int] = Field(
+    session_items: list[PublicId] = Field(
         default_factory=list, max_length=MAX_SESSION, description="items viewed this session"
     )
 
 
 class RecommendedItem(BaseModel):
-    item_id: int
+    item_id: int | str
     title: str
     score: float
     source: str
@@ -59,7 +66,7 @@ class RecommendResponse(BaseModel):
     prediction_id: str
     model_version: str
     variant: str
-    user_id: int | None
+    user_id: int | str | None
     cold_start: bool
     degraded: bool = False
     """True when the online store was unreachable and the answer is the trending fallback."""
@@ -71,9 +78,9 @@ class RecommendResponse(BaseModel):
 class Exposure(BaseModel):
     experiment: str
     variant: str
-    user_id: int | None
+    user_id: int | str | None
     prediction_id: str
-    item_ids: list[int]
+    item_ids: list[int | str]
     latency_ms: float
     ts_ms: int
 
@@ -84,20 +91,52 @@ class RecsysService:
     def __init__(
         self,
         settings: RecsysSettings,
-        rec: Recommender,
+        rec: Recommender | None,
         *,
+        served: ServedModel | None = None,
         store: Any = None,
         publisher: PredictionPublisher | None = None,
         experiment: Experiment | None = None,
     ) -> None:
         self.settings = settings
-        self.rec = rec
+        self._rec = rec
+        self.served = served
         self.store = store
         self.publisher = publisher
         self.experiment = experiment
         # Circuit breaker: after a store failure, skip the store for ``store_retry_s`` (a refused Redis connection
         # costs ~5 s of client retries, on the event loop) and answer degraded at once; then try again.
         self.store_down_until = 0.0
+
+    @property
+    def rec(self) -> Recommender:
+        if self._rec is None:
+            raise RuntimeError("the legacy recommender is not loaded (serve_model=registry)")
+        return self._rec
+
+    # ---- the registered model (serve_model=registry) ----------------------------------------------
+    def recommend_served(self, req: RecommendRequest, served: ServedModel) -> RecommendResponse:
+        """Public ids in, public ids out: the served model maps them through its id tables, nothing else does."""
+        t0 = time.perf_counter()
+        ans = served.recommend(user_id=req.user_id, session_ids=req.session_items, k=req.k)
+        warnings = [f"unknown item ids ignored: {ans.unknown_items[:10]}"] if ans.unknown_items else []
+        if req.user_id is not None and not ans.known_user:
+            warnings.append("unknown user id: recommending from the session items (or what is popular)")
+        resp = RecommendResponse(
+            prediction_id=uuid.uuid4().hex,
+            model_version=served.version,
+            variant=served.kind,
+            user_id=req.user_id,
+            cold_start=ans.history_len == 0,
+            items=[
+                RecommendedItem(item_id=i, title=t, score=s, source=ans.source)
+                for i, t, s in zip(ans.item_ids, ans.titles, ans.scores, strict=True)
+            ],
+            timings_ms={"total": round((time.perf_counter() - t0) * 1e3, 3)},
+            warnings=warnings,
+        )
+        self.log(resp, {"user_id": req.user_id, "history_len": ans.history_len, "n_session": len(req.session_items)})
+        return resp
 
     # ---- features --------------------------------------------------------------------------------
     def user_context(
@@ -143,16 +182,21 @@ class RecsysService:
         return ctx, used
 
     def recommend(self, req: RecommendRequest) -> RecommendResponse:
+        if self.served is not None:
+            return self.recommend_served(req, self.served)
         t0 = time.perf_counter()
         warnings: list[str] = []
+        # the legacy artefacts know MovieLens' integer ids only
+        user_id = req.user_id if isinstance(req.user_id, int) and req.user_id >= 1 else None
+        session = [i for i in req.session_items if isinstance(i, int)]
         try:
-            ctx, used = self.user_context(req.user_id, req.session_items, warnings)
+            ctx, used = self.user_context(user_id, session, warnings)
         except OnlineStoreUnavailable as e:
             return self.recommend_degraded(req, t0, warnings, str(e))
         t1 = time.perf_counter()
         variant, ranker = "default", str(self.settings.ranker)
         if self.experiment is not None:
-            variant = self.experiment.assign(req.user_id if req.user_id is not None else uuid.uuid4().hex)
+            variant = self.experiment.assign(user_id if user_id is not None else uuid.uuid4().hex)
             ranker = variant
         out = self.rec.recommend(ctx, k=req.k, ranker=ranker)
         a = self.rec.art
@@ -190,7 +234,7 @@ class RecsysService:
         """
         log.warning("online store unavailable, serving the trending fallback: %s", reason)
         a = self.rec.art
-        session = {i - 1 for i in req.session_items}
+        session = {i - 1 for i in req.session_items if isinstance(i, int)}
         top = [int(i) for i in self.rec.popular_items() if int(i) not in session][: req.k]
         warnings.append("online feature store unavailable: trending fallback")
         resp = RecommendResponse(
@@ -264,6 +308,8 @@ def build_service(settings: RecsysSettings, registry: Any = None) -> RecsysServi
     # spin-waits than they give, 5x at p50 on the shared 2-core box (measured). One thread each.
     torch.set_num_threads(1)
     threadpool_limits(1)
+    if settings.serve_model == "registry":
+        return build_registry_service(settings, registry)
     art = load_scaled(settings) if settings.catalogue_size > 0 else Artifacts.load(settings.model_dir)
     rec = Recommender(art, n_candidates=settings.n_candidates)
     store = open_store(settings)
@@ -282,6 +328,21 @@ def build_service(settings: RecsysSettings, registry: Any = None) -> RecsysServi
         log.warning("online store unavailable at start: %s", e)
         ctx = svc.rec.user_context(None)
     svc.rec.recommend(ctx, k=10, ranker=str(settings.ranker))
+    return svc
+
+
+def build_registry_service(settings: RecsysSettings, registry: Any = None) -> RecsysService:
+    """The ``champion`` version of ``model_name`` from MLflow; answers report that registered version."""
+    from systems.common.broker import TopicSpec
+    from systems.recsys.served import load_champion
+
+    served = load_champion(settings.model_name, settings)
+    publisher = None
+    if settings.log_predictions:
+        topics = [TopicSpec(settings.predictions_topic)]
+        publisher = PredictionPublisher(settings, system="recsys", registry=registry, topics=topics).start()
+    svc = RecsysService(settings, None, served=served, publisher=publisher)
+    served.recommend(user_id=None, session_ids=served.items.ids[:1], k=10)  # warm-up before /readyz is green
     return svc
 
 
@@ -317,14 +378,29 @@ def create_app(settings: RecsysSettings | None = None) -> FastAPI:
     @app.get("/recommend", response_model=RecommendResponse)
     async def recommend_get(
         svc: ServiceDep,
-        user_id: Annotated[int | None, Query(ge=1)] = None,
+        user_id: Annotated[str | None, Query(max_length=64)] = None,
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         session_items: Annotated[
-            str, Query(max_length=2000, pattern=r"^[0-9]*(,[0-9]+)*$", description="comma-separated item ids")
+            str,
+            Query(max_length=6500, pattern=r"^([^,\s]+(,[^,\s]+)*)?$", description="comma-separated item ids"),
         ] = "",
     ) -> RecommendResponse:
-        """Same as POST, with ``session_items`` as a comma-separated list."""
-        ids = [int(x) for x in session_items.split(",") if x]
-        return svc.recommend(RecommendRequest(user_id=user_id, k=k, session_items=ids[:MAX_SESSION]))
+        """Same as POST, with ``session_items`` as a comma-separated list (query values are text: digits are
+        read as integer ids, anything else as a string id)."""
+        try:
+            req = RecommendRequest(
+                user_id=_query_id(user_id),
+                k=k,
+                session_items=[_query_id(x) for x in session_items.split(",") if x][:MAX_SESSION],
+            )
+        except ValidationError as e:
+            raise RequestValidationError(e.errors()) from None
+        return svc.recommend(req)
 
     return app
+
+
+def _query_id(value: str | None) -> Any:
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else value

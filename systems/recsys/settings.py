@@ -24,6 +24,13 @@ class RecsysSettings(MlsdSettings):
     """0 = the real MovieLens catalogue; N > 1682 grows it to N items with synthetic ones (scale mode)."""
     n_candidates: int = 200
     """Candidates handed to the ranker per request (before re-ranking)."""
+    serve_model: Literal["registry", "legacy"] = "registry"
+    """"registry": the validation gate's winner, loaded from MLflow's ``champion`` alias of ``model_name``
+    (``mlsd recsys train``); "legacy": the two-tower + ranker artefacts with the Feast online store
+    (``mlsd recsys train --legacy``), which the stream processor, the A/B simulator and the 1 M-item scale
+    benchmarks use."""
+    dataset: str = "movielens-100k"
+    """Interaction log ``mlsd recsys train`` learns from (``dataset.ADAPTERS``)."""
     ranker: Literal["deep", "lgbm", "none"] = "deep"
     log_predictions: bool = True
     model_name: str = "recsys-recommender"

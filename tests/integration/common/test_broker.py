@@ -18,6 +18,7 @@ from systems.common.broker import (
     list_topics,
     make_consumer,
     make_producer,
+    make_reader,
     publish,
     run_consumer_loop,
 )
@@ -200,3 +201,39 @@ def test_a_reader_sees_every_partition_from_the_start_and_knows_when_it_caught_u
     finally:
         for reader in readers:
             reader.close()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_reader_sees_every_partition_at_once_without_joining_a_group(broker_settings, unique_name, client) -> None:
+    topic = unique_name
+    create_topics(broker_settings, [TopicSpec(topic, 3)])
+    producer = make_producer(broker_settings, client)
+    for i in range(300):
+        producer.send(topic, f"old{i}".encode(), key=str(i).encode())
+    producer.flush()
+    everything = make_reader(broker_settings, [topic], start="beginning", client=client)
+    fresh = make_reader(broker_settings, [topic], start="end", client=client)
+    assert everything.assigned.is_set() and fresh.assigned.is_set()  # on return: no join to wait for
+    for i in range(300):
+        producer.send(topic, f"new{i}".encode(), key=str(i).encode())
+    producer.close()
+    all_records, first_s = consume_all(everything, 600)
+    new_records, _ = consume_all(fresh, 300)
+    everything.commit()  # a reader keeps no offsets: committing is harmless
+    everything.close()
+    fresh.close()
+    assert sorted(r.value for r in all_records) == sorted(
+        [f"old{i}".encode() for i in range(300)] + [f"new{i}".encode() for i in range(300)]
+    )
+    assert {r.partition for r in all_records} == {0, 1, 2}
+    assert first_s is not None and first_s < 5.0
+    # every new record reaches the reader that started at the end; tansu may hand it a few old ones first
+    news = [r.value for r in new_records if r.value.startswith(b"new")]
+    assert sorted(news) == sorted(f"new{i}".encode() for i in range(300))
+
+
+def test_a_reader_of_a_missing_topic_says_so(broker_settings, unique_name) -> None:
+    from systems.common.broker import BrokerError
+
+    with pytest.raises(BrokerError, match="does not exist"):
+        make_reader(broker_settings, [f"{unique_name}-absent"])

@@ -41,3 +41,20 @@ def test_alias_round_trip_and_gate(settings) -> None:
     assert registry.get_alias_version(name, registry.CHAMPION) == v2
     # Artifacts live under the data dir, not in the working directory.
     assert any(settings.artifacts_dir.rglob("MLmodel"))
+
+
+def test_a_missing_alias_is_none_but_an_unreachable_registry_raises(settings, monkeypatch) -> None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    registry.configure(settings)
+    assert registry.get_alias_version("no-such-model", registry.CHAMPION) is None
+    MlflowClient().create_registered_model("aliasless")
+    assert registry.get_alias_version("aliasless", registry.CHAMPION) is None
+    # a server that does not answer is not "no champion": callers keep their model and say the registry is down
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    down = settings.model_copy(update={"mlflow_tracking_uri": "http://127.0.0.1:1"})
+    registry.configure(down)
+    with pytest.raises(MlflowException):
+        registry.get_alias_version("aliasless", registry.CHAMPION)

@@ -15,11 +15,13 @@ from tests.recsys_support import install_model
 def recsys_settings(
     tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path, broker: LocalBroker, make_settings
 ) -> RecsysSettings:
-    """sqlite online store, the session broker, unique topics; model + Feast ready."""
+    """The legacy two-tower + ranker API: sqlite online store, the session broker, unique topics; model + Feast
+    ready. (The registered gate winner has its own suite, ``test_recsys_served.py``.)"""
     s = make_settings(
         RecsysSettings,
         tmp_path_factory.mktemp("recsys-sqlite"),
         kafka_bootstrap=broker.bootstrap,
+        serve_model="legacy",
         predictions_topic="recsys-it.predictions",
         events_topic="recsys-it.events",
         exposures_topic="recsys-it.exposures",
@@ -42,6 +44,7 @@ def recsys_redis_settings(
         tmp_path_factory.mktemp("recsys-redis"),
         kafka_bootstrap=broker.bootstrap,
         online_store="redis",
+        serve_model="legacy",
         redis_url=redis_server,
         predictions_topic="recsys-it-redis.predictions",
         events_topic="recsys-it-redis.events",
