@@ -177,6 +177,33 @@ def test_malformed_messages_go_to_the_dead_letter_topic(broker_settings, unique_
 
 
 @pytest.mark.parametrize("client", CLIENTS)
+def test_a_reader_sees_every_partition_from_the_start_and_knows_when_it_caught_up(
+    broker_settings, unique_name, client
+) -> None:
+    """No group: nothing to join (the first records come at once), every reader sees every record, and
+    ``caught_up`` tells a process when the state it builds from the topic is complete."""
+    from systems.common.broker import make_reader
+
+    topic = unique_name
+    create_topics(broker_settings, [TopicSpec(topic, 3)])
+    producer = make_producer(broker_settings, client)
+    for i in range(300):
+        producer.send(topic, str(i).encode(), key=str(i).encode())
+    producer.close()
+    readers = [make_reader(broker_settings, [topic], client) for _ in range(2)]
+    try:
+        for reader in readers:
+            start, got = time.monotonic(), []
+            while not reader.caught_up.is_set() and time.monotonic() - start < 20:
+                got += reader.poll(timeout_s=0.2, max_records=1000)
+            assert reader.caught_up.is_set() and time.monotonic() - start < 5.0  # no group join to wait for
+            assert sorted(int(r.value) for r in got) == list(range(300))
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 def test_a_reader_sees_every_partition_at_once_without_joining_a_group(broker_settings, unique_name, client) -> None:
     topic = unique_name
     create_topics(broker_settings, [TopicSpec(topic, 3)])
