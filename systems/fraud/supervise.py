@@ -14,8 +14,6 @@ dies, so ``kill -9`` of ``mlsd fraud up`` cannot leave scorers consuming, or an 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -27,26 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from systems.common.broker import SupervisedLoop, serve_health
+from systems.common.proc import die_with_parent
 from systems.fraud.settings import FraudSettings
 
 log = logging.getLogger(__name__)
-
-
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies (None where unsupported).
-
-    libc is resolved here, before the fork: the child then runs one C call between fork and exec.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    prctl = libc.prctl
-    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
-
-    def set_pdeathsig() -> None:
-        prctl(pr_set_pdeathsig, sigterm)
-
-    return set_pdeathsig
 
 
 @dataclass
