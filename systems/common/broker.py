@@ -31,7 +31,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -455,7 +455,14 @@ class _ConfluentReader:
     """Every partition of ``topics`` from its first offset, assigned directly: no group, so no join wait, no
     commits, and every reader sees every message (state that must be global, like fraud's terminal risk)."""
 
-    def __init__(self, settings: MlsdSettings, topics: Sequence[str], overrides: dict[str, Any], start: ReaderStart):
+    def __init__(
+        self,
+        settings: MlsdSettings,
+        topics: Sequence[str],
+        overrides: dict[str, Any],
+        start: ReaderStart,
+        positions: Mapping[tuple[str, int], int],
+    ):
         from confluent_kafka import OFFSET_BEGINNING, TopicPartition
         from confluent_kafka import Consumer as CConsumer
 
@@ -477,6 +484,9 @@ class _ConfluentReader:
         if start == "end":  # resolved now: a logical END resolved at the first fetch would skip what comes meanwhile
             for tp in parts:
                 tp.offset = self._consumer.get_watermark_offsets(tp, timeout=10)[1]
+        for tp in parts:  # where an earlier reader of this process left off
+            if (tp.topic, tp.partition) in positions:
+                tp.offset = positions[(tp.topic, tp.partition)]
         self._all = {(tp.topic, tp.partition) for tp in parts}
         self._eof: set[tuple[str, int]] = set()
         self._consumer.assign(parts)
@@ -516,7 +526,14 @@ class _ConfluentReader:
 class _KafkaPythonReader:
     """:class:`_ConfluentReader` over kafka-python (caught up when every position reaches its high watermark)."""
 
-    def __init__(self, settings: MlsdSettings, topics: Sequence[str], overrides: dict[str, Any], start: ReaderStart):
+    def __init__(
+        self,
+        settings: MlsdSettings,
+        topics: Sequence[str],
+        overrides: dict[str, Any],
+        start: ReaderStart,
+        positions: Mapping[tuple[str, int], int],
+    ):
         from kafka import KafkaConsumer, TopicPartition
 
         config: dict[str, Any] = {
@@ -541,6 +558,9 @@ class _KafkaPythonReader:
         else:  # resolved now, not at the first poll: what is produced meanwhile must not be skipped
             for tp, end in self._consumer.end_offsets(parts).items():
                 self._consumer.seek(tp, end)
+        for tp in parts:  # where an earlier reader of this process left off
+            if (tp.topic, tp.partition) in positions:
+                self._consumer.seek(tp, positions[(tp.topic, tp.partition)])
         self.assigned = threading.Event()
         self.assigned.set()
         self.caught_up = threading.Event()
@@ -599,6 +619,7 @@ def make_reader(
     client: str | None = None,
     *,
     start: ReaderStart = "beginning",
+    positions: Mapping[tuple[str, int], int] | None = None,
     **overrides: Any,
 ) -> Reader:
     """A consumer of *every* partition of ``topics``, assigned directly, in no consumer group.
@@ -610,12 +631,14 @@ def make_reader(
     ``"end"`` what arrives from now on (tansu answers "latest" a little early, so a few older records may come
     first: readers must tolerate them). ``caught_up`` is set once it has read to the end of each partition, so
     a process can wait for it before it acts on the state. The topics must exist (``create_topics``).
+    ``positions`` (``(topic, partition) -> next offset``) overrides ``start`` for the partitions it names: a
+    reader restarted inside a process resumes where the state it fed stops, instead of feeding it twice.
     """
     client = client or settings.kafka_client
     if client == "confluent":
-        return _ConfluentReader(settings, topics, overrides, start)
+        return _ConfluentReader(settings, topics, overrides, start, positions or {})
     if client == "kafka-python":
-        return _KafkaPythonReader(settings, topics, overrides, start)
+        return _KafkaPythonReader(settings, topics, overrides, start, positions or {})
     raise BrokerError(f"unknown kafka client {client!r}: use 'confluent' or 'kafka-python'")
 
 

@@ -216,6 +216,8 @@ class Scorer:
         self._seen: dict[tuple[str, int], int] = {}  # next offset after the records handled since the last persist
         self._dirty = False
         self.label_clock_s = 0  # the newest label_ts accepted (labels have their own clock)
+        # next label offset per partition, applied or dead-lettered: where a restarted label reader resumes
+        self.label_positions: dict[tuple[str, int], int] = {}
 
     def swap_model(self, model: FraudModel) -> None:
         self.model = model
@@ -370,6 +372,7 @@ class Scorer:
         """Labels into the terminal state; one whose time is far ahead of the label stream's clock goes to
         ``labels.dlq`` (a far-future label would occupy a terminal's day bucket for good)."""
         lead = self.settings.max_event_lead_s
+        positions = self.label_positions
         with self.state_lock:
             for record, lab in batch:
                 clock = max(self.label_clock_s, self.state.clock_s or 0)
@@ -381,9 +384,10 @@ class Scorer:
                         f"label_ts {ts} is {ts - clock} s ahead of the label clock {clock} (max {lead} s)",
                     )
                     self.dead_letters += 1
-                    continue
-                self.label_clock_s = max(self.label_clock_s, ts)
-                self.state.observe_label(lab.terminal_id, lab.ts_s, lab.fraud)
+                else:
+                    self.label_clock_s = max(self.label_clock_s, ts)
+                    self.state.observe_label(lab.terminal_id, lab.ts_s, lab.fraud)
+                positions[(record.topic, record.partition)] = record.offset + 1  # each label counts once
 
 
 def run_label_follower(
@@ -397,9 +401,11 @@ def run_label_follower(
     """Feed every label into the scorer's terminal state: all partitions from the start, no consumer group (each
     scorer sees all labels). ``caught_up`` is set once the reader has reached the end of the topic.
 
-    Through the common consumer loop, so a malformed label goes to ``labels.dlq`` with its reason.
+    Through the common consumer loop, so a malformed label goes to ``labels.dlq`` with its reason. Restarted
+    after a death (its supervisor does that), it resumes after the last label the state took in, not from the
+    beginning: terminal counts are sums, and a label read twice would count twice.
     """
-    reader = make_reader(settings, [settings.labels_topic])
+    reader = make_reader(settings, [settings.labels_topic], positions=scorer.label_positions)
 
     def note_caught_up() -> None:
         if caught_up is not None and reader.caught_up.is_set():

@@ -232,6 +232,29 @@ def test_a_reader_sees_every_partition_at_once_without_joining_a_group(broker_se
     assert sorted(news) == sorted(f"new{i}".encode() for i in range(300))
 
 
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_reader_resumes_from_the_positions_it_is_given(broker_settings, unique_name, client) -> None:
+    """Named partitions start at their position, the others where ``start`` says: what a reader restarted inside
+    a process needs to go on after the last record its state took in (not before it, not after it)."""
+    topic = unique_name
+    create_topics(broker_settings, [TopicSpec(topic, 3)])
+    producer = make_producer(broker_settings, client)
+    for i in range(300):
+        producer.send(topic, str(i).encode(), key=str(i).encode())
+    producer.close()
+    everything = make_reader(broker_settings, [topic], client)
+    first, _ = consume_all(everything, 300)
+    everything.close()
+    by_partition = {p: sorted(r.offset for r in first if r.partition == p) for p in range(3)}
+    positions = {(topic, 0): by_partition[0][10], (topic, 1): by_partition[1][-1] + 1}
+    resumed = make_reader(broker_settings, [topic], client, positions=positions)
+    expected = [r for r in first if r.partition == 2 or (r.partition == 0 and r.offset >= positions[(topic, 0)])]
+    got, _ = consume_all(resumed, len(expected))
+    extra, _ = consume_all(resumed, 1, timeout_s=1.0)  # nothing more: partition 1 starts at its end
+    resumed.close()
+    assert sorted((r.partition, r.offset) for r in got + extra) == sorted((r.partition, r.offset) for r in expected)
+
+
 def test_a_reader_of_a_missing_topic_says_so(broker_settings, unique_name) -> None:
     from systems.common.broker import BrokerError
 
