@@ -541,7 +541,9 @@ def wait_decisions_through_stalls(
             stalls += 1
             console.print(f"   no decision for {stall_s:.0f} s at {rows} of {expected}: restarting the scorers")
             compose("kill", "-s", "SIGKILL", *scorers, profile="fraud")
-            compose("start", *scorers, profile="fraud")
+            # `docker start`, not `docker compose start`: compose would run the one-shot fraud-init again first
+            # (simulate + train, minutes), and the scorers would wait for it past the next stall deadline
+            run(["docker", "start", *(compose.container(s, "fraud") for s in scorers)])
             since = time.monotonic()
         time.sleep(1.0)
     raise SmokeError(f"fraud: {expected} decisions in Postgres: not within {timeout_s:.0f} s; {decisions(compose)}")
