@@ -487,6 +487,12 @@ class OnlineFeatures:
         raw, size = blob.tobytes(), CUSTOMER_STATE_BYTES
         return [(cid, raw[k * size : (k + 1) * size]) for k, cid in enumerate(ids)]
 
+    def customer_snapshot(self, customer_id: int) -> tuple[int, bytes]:
+        """The customer's state now (a fresh one if unseen), for :meth:`import_customers` to put back: how an
+        update whose result could not be stored is undone."""
+        self._customer(customer_id)
+        return self.export_customers([customer_id])[0]
+
     def import_customers(self, rows: Iterable[tuple[int, bytes]]) -> int:
         """Replace customers' state with exported blobs (newer than what this process holds); returns how many.
 

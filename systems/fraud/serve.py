@@ -62,6 +62,10 @@ class OutsideWindow(Exception):
     """The event time is too far from this process's clock (a 422 with the reason)."""
 
 
+class StoreUnavailable(Exception):
+    """The answer could not be stored (a 503: nothing was decided, the client may retry)."""
+
+
 class TxIdConflict(Exception):
     """The tx_id was answered before for a transaction with other fields (a 409)."""
 
@@ -105,7 +109,7 @@ class ScoringService:
 
     def score(self, tx: Transaction) -> bytes:
         """The JSON answer for ``tx``: the stored one for a tx_id seen before, else a fresh decision, stored
-        before it is returned. Raises :class:`OutsideWindow` or :class:`TxIdConflict`."""
+        before it is returned. Raises :class:`OutsideWindow`, :class:`TxIdConflict` or :class:`StoreUnavailable`."""
         request = f"{tx.customer_id}|{tx.terminal_id}|{tx.ts_s}|{tx.amount!r}"
         known = self.answers.get(tx.tx_id)
         if known is None and self.store is not None:
@@ -122,30 +126,43 @@ class ScoringService:
         t0 = time.perf_counter()
         model = self.model
         assert model is not None
-        x = np.asarray(self.state.update(tx.customer_id, tx.terminal_id, tx.ts_s, tx.amount))  # (F,)
-        p = float(model.predict_proba(x[None, :])[0])
-        reasons = [{"feature": f, "contribution": round(c, 4)} for f, c in model.reasons(x, top=3)]
-        decision = "block" if p >= model.threshold else "approve"
-        latency_ms = (time.perf_counter() - t0) * 1000.0
-        body = encode_json(
-            {
-                "tx_id": tx.tx_id,
-                "decision": decision,
-                "score": p,
-                "threshold": model.threshold,
-                "model_version": model.version,
-                "reasons": reasons,
-                "latency_ms": latency_ms,
-            }
-        )
-        if self.store is not None and not self.store.put(
-            tx.tx_id,
-            request,
-            body,
-            int(time.time() * 1000),
-            x.tobytes(),
-            (tx.customer_id, 0, self.state.export_customers([tx.customer_id])[0][1]),
-        ):
+        # The card's state moves only with a stored answer: a write that fails (the client retries) or loses to
+        # another worker's answer for the same tx_id must not leave this transaction counted in memory.
+        before = self.state.customer_snapshot(tx.customer_id)
+        try:
+            x = np.asarray(self.state.update(tx.customer_id, tx.terminal_id, tx.ts_s, tx.amount))  # (F,)
+            p = float(model.predict_proba(x[None, :])[0])
+            reasons = [{"feature": f, "contribution": round(c, 4)} for f, c in model.reasons(x, top=3)]
+            decision = "block" if p >= model.threshold else "approve"
+            latency_ms = (time.perf_counter() - t0) * 1000.0
+            body = encode_json(
+                {
+                    "tx_id": tx.tx_id,
+                    "decision": decision,
+                    "score": p,
+                    "threshold": model.threshold,
+                    "model_version": model.version,
+                    "reasons": reasons,
+                    "latency_ms": latency_ms,
+                }
+            )
+            try:
+                first = self.store is None or self.store.put(
+                    tx.tx_id,
+                    request,
+                    body,
+                    int(time.time() * 1000),
+                    x.tobytes(),
+                    (tx.customer_id, 0, self.state.export_customers([tx.customer_id])[0][1]),
+                )
+            except Exception as exc:  # sqlite locked, Postgres gone: the transaction rolled back
+                raise StoreUnavailable(f"the answer could not be stored ({type(exc).__name__}: {exc}); retry") from exc
+        except BaseException:
+            self.state.import_customers([before])
+            raise
+        if not first:
+            self.state.import_customers([before])
+            assert self.store is not None
             stored = self.store.get(tx.tx_id)  # another worker answered this tx_id first: its answer stands
             if stored is not None:
                 if stored[0] != request:
@@ -203,7 +220,10 @@ def create_app(settings: FraudSettings | None = None) -> FastAPI:
     @app.post(
         "/score",
         response_model=ScoreResponse,
-        responses={409: {"model": ErrorBody, "description": "The tx_id was scored before with other fields"}},
+        responses={
+            409: {"model": ErrorBody, "description": "The tx_id was scored before with other fields"},
+            503: {"model": ErrorBody, "description": "The answer could not be stored; nothing was decided, retry"},
+        },
     )
     async def score(tx: Transaction, svc: ServiceDep) -> Any:
         """Authorise one transaction: decision, calibrated score, top-3 reasons. Idempotent by tx_id: a retry
@@ -214,6 +234,8 @@ def create_app(settings: FraudSettings | None = None) -> FastAPI:
             raise RequestValidationError([{"loc": ("body", "ts_s"), "msg": str(exc), "type": "value_error"}]) from None
         except TxIdConflict as exc:
             raise HTTPException(409, str(exc)) from None
+        except StoreUnavailable as exc:
+            raise HTTPException(503, str(exc)) from None
         return Response(content=body, media_type="application/json")
 
     return app

@@ -32,8 +32,8 @@ class FraudSettings(MlsdSettings):
     """Recent ``/score`` answers a worker keeps in memory (a retry then skips the store read)."""
     score_store_url: str | None = None
     """Where ``POST /score`` keeps its answers by tx_id (retries get the stored one). None -> sqlite under
-    <data_dir>/fraud/scores.db (compose too: on the data volume). It must not be the decision store's
-    database: both keep a ``customer_state`` table, and the API's card state is not the scorers'."""
+    <data_dir>/fraud/scores.db (compose too: on the data volume). It may be the decision store's database: the
+    API's card state has its own table (``api_customer_state``), since it is not the scorers'."""
     alias_poll_s: float = 5.0
     """How often a running scorer asks the registry whether ``champion`` moved (hot swap)."""
     publish_predictions: bool = True

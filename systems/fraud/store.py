@@ -49,11 +49,15 @@ CREATE TABLE IF NOT EXISTS labels (
 # The scorer's per-customer state and, per transactions partition, how far it has applied and published: written
 # in the same transaction as the decisions, so state, decisions and offsets can never disagree (see stream.py).
 _STATE_DDL = """
-CREATE TABLE IF NOT EXISTS customer_state (
+CREATE TABLE IF NOT EXISTS {table} (
     customer_id BIGINT PRIMARY KEY,
     part INTEGER NOT NULL,
     state BYTEA NOT NULL
 )"""
+SCORER_STATE_TABLE = "customer_state"
+API_STATE_TABLE = "api_customer_state"
+"""The API's card state is not the scorers' (each follows its own traffic): two tables, so one database can hold
+both stores without one overwriting the other's customers."""
 
 _OFFSETS_DDL = """
 CREATE TABLE IF NOT EXISTS stream_offsets (
@@ -227,7 +231,7 @@ class DecisionStore:
         self._db = _Sql(url)
         self._db.ddl(_DECISIONS_DDL)
         self._db.add_column("decisions", "threshold", "DOUBLE PRECISION")  # a store from before the column
-        self._db.ddl(_STATE_DDL)
+        self._db.ddl(_STATE_DDL.format(table=SCORER_STATE_TABLE))
         self._db.ddl(_OFFSETS_DDL)
 
     def commit_batch(
@@ -353,7 +357,7 @@ class ScoreStore:
             "CREATE TABLE IF NOT EXISTS score_answers (tx_id BIGINT PRIMARY KEY, request TEXT NOT NULL,"
             " response TEXT NOT NULL, decided_ms BIGINT NOT NULL, features BYTEA)"
         )
-        self._db.ddl(_STATE_DDL)
+        self._db.ddl(_STATE_DDL.format(table=API_STATE_TABLE))
 
     def get(self, tx_id: int) -> tuple[str, bytes] | None:
         rows = self._db.query("SELECT request, response FROM score_answers WHERE tx_id = ?", (tx_id,))
@@ -364,7 +368,7 @@ class ScoreStore:
         answer was already there (another worker's)."""
         answer = (tx_id, request, response.decode(), decided_ms, features)
         upsert = (
-            "INSERT INTO customer_state (customer_id, part, state) VALUES (?, ?, ?)"
+            f"INSERT INTO {API_STATE_TABLE} (customer_id, part, state) VALUES (?, ?, ?)"
             " ON CONFLICT (customer_id) DO UPDATE SET part = excluded.part, state = excluded.state"
         )
         if self._db.pg:
@@ -388,7 +392,7 @@ class ScoreStore:
 
     def customer_states(self) -> list[tuple[int, bytes]]:
         """Every customer state written with an answer (restored at start)."""
-        return [(int(c), bytes(b)) for c, b in self._db.query("SELECT customer_id, state FROM customer_state")]
+        return [(int(c), bytes(b)) for c, b in self._db.query(f"SELECT customer_id, state FROM {API_STATE_TABLE}")]
 
     def features(self) -> pd.DataFrame:
         """tx_id and the features each answer was computed from (float64 bytes)."""

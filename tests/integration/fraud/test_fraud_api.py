@@ -182,3 +182,48 @@ def test_score_rejects_what_it_cannot_score_and_answers_a_retry_with_the_first_a
     with ServerProcess("systems.fraud.serve:create_app", env=settings.to_env(), log_path=tmp_path / "api.log") as srv:
         again = httpx.post(f"{srv.url}/score", json=body, timeout=10)
         assert again.status_code == 200 and again.content == answers[0].content  # from the store, after a restart
+
+
+def test_a_failed_store_write_is_a_503_and_leaves_the_card_state_as_it_was(fraud_world, broker, kit, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The store loses its state table under a running API: /score answers 503 (nothing decided), and once the
+    table is back the retry is scored from the card state before the failed attempt — byte for byte the features
+    of an API that never saw the failure. Without the rollback the retry counts the transaction twice."""
+    import sqlite3
+
+    import numpy as np
+
+    from systems.fraud.store import _STATE_DDL, API_STATE_TABLE
+
+    base = kit.make_settings(
+        fraud_world, broker, history_path=fraud_world.tx_path, warm_until_s=fraud_world.replay_start_s
+    )
+    create_topics(base, fraud_topics(base))
+    body = _body(fraud_world, 5)
+    features = {}
+    for name in ("failed-then-retried", "reference"):
+        db = tmp_path / f"{name}.db"
+        settings = base.model_copy(update={"score_store_url": f"sqlite:///{db}"})
+        with (
+            ServerProcess(
+                "systems.fraud.serve:create_app", env=settings.to_env(), log_path=tmp_path / "api.log"
+            ) as srv,
+            httpx.Client(base_url=srv.url, timeout=10) as client,
+        ):
+            if name == "failed-then-retried":
+                with sqlite3.connect(db) as conn:
+                    conn.execute(f"DROP TABLE {API_STATE_TABLE}")
+                failed = client.post("/score", json=body)
+                assert failed.status_code == 503, failed.text
+                assert "could not be stored" in failed.json()["error"]["message"]
+                with sqlite3.connect(db) as conn:
+                    conn.execute(_STATE_DDL.format(table=API_STATE_TABLE))
+            answer = client.post("/score", json=body)
+            assert answer.status_code == 200, answer.text
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT features FROM score_answers WHERE tx_id = ?", (body["tx_id"],)).fetchall()
+        assert len(rows) == 1
+        features[name] = np.frombuffer(rows[0][0], dtype=np.float64)
+    assert features["failed-then-retried"].tobytes() == features["reference"].tobytes(), (
+        features["failed-then-retried"],
+        features["reference"],
+    )
