@@ -50,3 +50,17 @@ def stop_pid(pid: int, timeout_s: float = 5.0) -> None:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child that must not outlive its parent, even one killed with ``kill -9``: the kernel
+    sends the child SIGKILL when the parent (the thread that started it) exits (Linux ``PR_SET_PDEATHSIG``; a
+    no-op where there is none)."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG

@@ -14,15 +14,23 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from pydantic import Field
 
 from systems.common.settings import MlsdSettings
 
 DAY = 86_400
+
+# Public ids at the edges (API requests, browse events): an integer in the signed 64-bit range (what stores and
+# Kafka keys can hold) or printable text up to 128 characters (MovieLens-1M's ids are titles such as
+# "American President, The (1995)"). Anything else is refused where it enters, with a message.
+MAX_INT_ID = 2**63 - 1
+ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
+PublicId = Annotated[int, Field(ge=0, le=MAX_INT_ID)] | Annotated[str, Field(pattern=ID_PATTERN, max_length=128)]
 
 
 class UnknownDataset(ValueError):
@@ -53,10 +61,13 @@ class IdMap:
         return len(self.ids)
 
     def index_of(self, value: Any) -> int:
-        """Index of a public id, -1 when unknown. A numeric string matches an int id (query strings are text)."""
+        """Index of a public id, -1 when unknown. A numeric string matches an int id and an int a numeric string
+        id (query strings and store keys are text)."""
         i = self._index.get(value, -1)
         if i < 0 and isinstance(value, str) and value.lstrip("-").isdigit():
             i = self._index.get(int(value), -1)
+        elif i < 0 and isinstance(value, int):
+            i = self._index.get(str(value), -1)
         return i
 
     def indices(self, values: Iterable[Any]) -> np.ndarray:
