@@ -65,10 +65,13 @@ def fuzz_api(
     """
     import schemathesis
     from schemathesis import GenerationMode
+    from schemathesis.core.result import Err
 
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     result = FuzzResult()
     for found in schema.get_all_operations():
+        if isinstance(found, Err):  # an operation the schema cannot describe is a finding, not a skip
+            raise found.err()
         operation = found.ok()
         if any(operation.path.startswith(p) for p in exclude_paths):
             continue
