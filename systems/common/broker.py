@@ -136,7 +136,7 @@ class LocalBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent if self.die_with_parent else None,
+            preexec_fn=die_with_parent() if self.die_with_parent else None,
         )
         if out is not subprocess.DEVNULL:
             out.close()  # the child holds its own descriptor

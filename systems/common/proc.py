@@ -6,7 +6,9 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import time
+from collections.abc import Callable
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -52,15 +54,22 @@ def stop_pid(pid: int, timeout_s: float = 5.0) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` for a child that must not outlive its parent, even one killed with ``kill -9``: the kernel
-    sends the child SIGKILL when the parent (the thread that started it) exits (Linux ``PR_SET_PDEATHSIG``; a
-    no-op where there is none)."""
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent thread dies (None elsewhere), so a
+    ``kill -9`` of a launcher cannot leave its children running.
+
+    libc is resolved here, before the fork: the child then runs one C call between fork and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
     import ctypes
     import ctypes.util
-    import sys
 
-    if not sys.platform.startswith("linux"):
-        return
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    prctl = libc.prctl
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def set_pdeathsig() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+
+    return set_pdeathsig
