@@ -241,8 +241,8 @@ def demo(
         console.print(f"no registered model: training the quick preset on {settings.dataset} ...")
         train_registered(settings, settings.dataset, quick=True)
         model = load_champion(settings.model_name, settings)
-    uid: Any = int(user_id) if user_id.isdigit() else user_id
-    items: list[Any] = [int(x) if x.isdigit() else x for x in session.split(",") if x]
+    uid: Any = int(user_id) if user_id.isascii() and user_id.isdigit() else user_id
+    items: list[Any] = [int(x) if x.isascii() and x.isdigit() else x for x in session.split(",") if x]
     browsing = ", ".join(model.titles[i] for i in model.items.indices(items) if i >= 0) or session
     for label, kwargs in (
         (f"user {user_id}", {"user_id": uid}),

@@ -12,6 +12,7 @@ tests). ``load_log(name)`` picks one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -19,7 +20,7 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from systems.common.settings import MlsdSettings
 
@@ -30,7 +31,23 @@ DAY = 86_400
 # "American President, The (1995)"). Anything else is refused where it enters, with a message.
 MAX_INT_ID = 2**63 - 1
 ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
-PublicId = Annotated[int, Field(ge=0, le=MAX_INT_ID)] | Annotated[str, Field(pattern=ID_PATTERN, max_length=128)]
+_INT_TEXT = re.compile(r"-?[0-9]{1,19}")
+"""Text that is an integer id: ASCII digits only (``str.isdigit`` also accepts "³" or "٣", which ``int`` refuses
+or reads as another number), at most 19 of them (a 64-bit id)."""
+
+
+def _not_a_bool(value: Any) -> Any:
+    """JSON ``true`` is not the id 1 (lax validation reads a boolean as an integer; strict would refuse ``5.0``,
+    which JSON Schema calls an integer)."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not an id")
+    return value
+
+
+PublicId = (
+    Annotated[int, Field(ge=0, le=MAX_INT_ID), BeforeValidator(_not_a_bool)]
+    | Annotated[str, Field(pattern=ID_PATTERN, max_length=128)]
+)
 
 
 class UnknownDataset(ValueError):
@@ -64,7 +81,7 @@ class IdMap:
         """Index of a public id, -1 when unknown. A numeric string matches an int id and an int a numeric string
         id (query strings and store keys are text)."""
         i = self._index.get(value, -1)
-        if i < 0 and isinstance(value, str) and value.lstrip("-").isdigit():
+        if i < 0 and isinstance(value, str) and _INT_TEXT.fullmatch(value):
             i = self._index.get(int(value), -1)
         elif i < 0 and isinstance(value, int):
             i = self._index.get(str(value), -1)

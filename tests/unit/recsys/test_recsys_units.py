@@ -96,6 +96,7 @@ def test_browse_event_schema_bounds_what_it_accepts() -> None:
         {"event_type": "buy"},
         {"user_id": 2**63},  # beyond signed 64 bits: a store or a Kafka key could not hold it
         {"user_id": -1},
+        {"user_id": True},  # JSON true is not the id 1
         {"item_id": "a\x00b"},
         {"item_id": "x" * 129},
         {"ts_ms": 10**30},
