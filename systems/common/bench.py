@@ -332,7 +332,8 @@ def current_command() -> str:
     import shlex
 
     argv = list(sys.argv)
-    if argv and Path(argv[0]).name == "mlsd":
+    # the console script, or `python -m systems.cli` (argv[0] is then the module's path): both are `mlsd`
+    if argv and (Path(argv[0]).name == "mlsd" or Path(argv[0]).parts[-2:] == ("systems", "cli.py")):
         argv[0] = "mlsd"
     return shlex.join(argv)
 

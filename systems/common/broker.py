@@ -31,7 +31,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -200,14 +200,26 @@ class Producer(Protocol):
     def close(self) -> None: ...
 
 
+Partitions = list[tuple[str, int]]
+"""(topic, partition) pairs, as rebalance callbacks receive them."""
+RebalanceCallback = Callable[[Partitions], None]
+
+
 class Consumer(Protocol):
     assigned: threading.Event
     """Set once the group coordinator has given this member its partitions (possibly none): from then on a
     message produced to the topics reaches this consumer without waiting for a group join. Readiness is
-    this event, never a sleep."""
+    this event, never a sleep. A reader (:func:`make_reader`) sets it once it is assigned."""
+
+    on_assign: RebalanceCallback | None
+    """Called inside ``poll`` with this member's new partitions, before any of their records is returned: the
+    place to restore per-partition state (the partitions a crashed member owned included)."""
+    on_revoke: RebalanceCallback | None
+    """Called inside ``poll`` with the partitions being taken away, before they go: the place to make what was
+    handled for them durable and commit it (:func:`run_consumer_loop` does), so the next owner starts there."""
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Record]: ...
-    def commit(self) -> None: ...
+    def commit(self, asynchronous: bool = False) -> None: ...
     def close(self) -> None: ...
 
 
@@ -220,11 +232,15 @@ class _ConfluentProducer:
             "acks": "all",
             "linger.ms": 2,  # small batching window: throughput without a visible latency cost
             "enable.idempotence": True,  # broker de-duplicates producer retries
+            # one callback for the producer, called only for failures: a per-message callback into Python
+            # costs ~30 % of the produce rate
+            "on_delivery": self._on_delivery,
+            "delivery.report.only.error": True,
         }
         config.update(overrides)
-        self._producer = CProducer(config)
         self._errors: list[str] = []
         self._unpolled = 0
+        self._producer = CProducer(config)
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
         if err is not None:
@@ -233,7 +249,7 @@ class _ConfluentProducer:
     def send(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value=value, key=key)
                 break
             except BufferError:  # local queue full: serve delivery reports, then retry
                 self._producer.poll(0.05)
@@ -299,7 +315,6 @@ class _ConfluentConsumer:
         topics: Sequence[str],
         group_id: str,
         overrides: dict[str, Any],
-        start: Literal["beginning", "end"] | None = None,
     ):
         from confluent_kafka import Consumer as CConsumer
 
@@ -315,27 +330,22 @@ class _ConfluentConsumer:
         config.update(overrides)
         self._consumer = CConsumer(config)
         self.assigned = threading.Event()
+        self.on_assign: RebalanceCallback | None = None
+        self.on_revoke: RebalanceCallback | None = None
         self._pending: dict[tuple[str, int], int] = {}
-        self._reader = start is not None
-        if start is not None:  # a reader: every partition, no group membership (see make_reader)
-            from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+        # The callbacks run inside consume(), on the polling thread, once the rebalance has completed.
+        self._consumer.subscribe(list(topics), on_assign=self._assigned, on_revoke=self._revoked)
 
-            metadata = self._consumer.list_topics(timeout=10)
-            parts = []
-            for topic in topics:
-                found = metadata.topics.get(topic)
-                if found is None or found.error is not None or not found.partitions:
-                    raise BrokerError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap}")
-                for p in sorted(found.partitions):
-                    tp = TopicPartition(topic, p, OFFSET_BEGINNING)
-                    if start == "end":  # resolved now: a logical END resolved later would skip what comes meanwhile
-                        tp.offset = self._consumer.get_watermark_offsets(tp, timeout=10)[1]
-                    parts.append(tp)
-            self._consumer.assign(parts)
-            self.assigned.set()
-            return
-        # The callback runs inside consume(), on the polling thread, once the rebalance has completed.
-        self._consumer.subscribe(list(topics), on_assign=lambda _c, _parts: self.assigned.set())
+    def _assigned(self, _consumer: Any, partitions: list[Any]) -> None:
+        if self.on_assign is not None:
+            self.on_assign([(tp.topic, tp.partition) for tp in partitions])
+        self.assigned.set()
+
+    def _revoked(self, _consumer: Any, partitions: list[Any]) -> None:
+        if self.on_revoke is not None:
+            self.on_revoke([(tp.topic, tp.partition) for tp in partitions])
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._pending = {k: v for k, v in self._pending.items() if k not in gone}
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Record]:
         out: list[Record] = []
@@ -351,15 +361,17 @@ class _ConfluentConsumer:
         self._pending.update({(r.topic, r.partition): r.offset + 1 for r in out})
         return out
 
-    def commit(self) -> None:
+    def commit(self, asynchronous: bool = False) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
-        if not self._pending or self._reader:  # a reader keeps no offsets
-            self._pending.clear()
+        if not self._pending:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._pending.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             # Typically a rebalance took the partition away: the new owner re-reads from the last
             # commit, which at-least-once + idempotent handlers make harmless.
@@ -377,7 +389,6 @@ class _KafkaPythonConsumer:
         topics: Sequence[str],
         group_id: str,
         overrides: dict[str, Any],
-        start: Literal["beginning", "end"] | None = None,
     ):
         from kafka import KafkaConsumer
 
@@ -391,41 +402,29 @@ class _KafkaPythonConsumer:
             "fetch_max_wait_ms": 10,
             "bootstrap_timeout_ms": 10_000,
         }
-        if start is not None:
-            config["group_id"] = None  # a reader: no group, no offsets committed
         config.update(overrides)
         self._consumer = KafkaConsumer(**config)
         self.assigned = threading.Event()
+        self.on_assign: RebalanceCallback | None = None
+        self.on_revoke: RebalanceCallback | None = None
         self._pending: dict[tuple[str, int], int] = {}
-        if start is not None:
-            from kafka import TopicPartition
-
-            parts = []
-            for topic in topics:
-                found = self._consumer.partitions_for_topic(topic)
-                if not found:
-                    raise BrokerError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap}")
-                parts += [TopicPartition(topic, p) for p in sorted(found)]
-            self._consumer.assign(parts)
-            if start == "beginning":
-                self._consumer.seek_to_beginning(*parts)
-            else:  # resolved now, not at the first poll: what is produced meanwhile must not be skipped
-                for tp, end in self._consumer.end_offsets(parts).items():
-                    self._consumer.seek(tp, end)
-            self.assigned.set()
-            return
         from kafka import ConsumerRebalanceListener
 
-        assigned = self.assigned
+        outer = self
 
-        class _OnAssign(ConsumerRebalanceListener):
+        class _Listener(ConsumerRebalanceListener):
             def on_partitions_revoked(self, revoked: Any) -> None:
-                pass
+                if outer.on_revoke is not None:
+                    outer.on_revoke([(tp.topic, tp.partition) for tp in revoked])
+                gone = {(tp.topic, tp.partition) for tp in revoked}
+                outer._pending = {k: v for k, v in outer._pending.items() if k not in gone}
 
             def on_partitions_assigned(self, partitions: Any) -> None:
-                assigned.set()
+                if outer.on_assign is not None:
+                    outer.on_assign([(tp.topic, tp.partition) for tp in partitions])
+                outer.assigned.set()
 
-        self._consumer.subscribe(list(topics), listener=_OnAssign())
+        self._consumer.subscribe(list(topics), listener=_Listener())
 
     def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Record]:
         batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
@@ -437,7 +436,7 @@ class _KafkaPythonConsumer:
                 self._pending[(tp.topic, tp.partition)] = records[-1].offset + 1
         return out
 
-    def commit(self) -> None:
+    def commit(self, asynchronous: bool = False) -> None:
         from kafka import TopicPartition
         from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
@@ -447,10 +446,152 @@ class _KafkaPythonConsumer:
             return
         offsets = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in self._pending.items()}
         try:
-            self._consumer.commit(offsets=offsets)
+            if asynchronous:
+                self._consumer.commit_async(offsets=offsets)
+            else:
+                self._consumer.commit(offsets=offsets)
         except KafkaError as exc:
             log.warning("offset commit failed (%s); records will be re-delivered", exc)
         self._pending.clear()
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+ReaderStart = Literal["beginning", "end"]
+
+
+class _ConfluentReader:
+    """Every partition of ``topics`` from its first offset, assigned directly: no group, so no join wait, no
+    commits, and every reader sees every message (state that must be global, like fraud's terminal risk)."""
+
+    def __init__(
+        self,
+        settings: MlsdSettings,
+        topics: Sequence[str],
+        overrides: dict[str, Any],
+        start: ReaderStart,
+        positions: Mapping[tuple[str, int], int],
+    ):
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+        from confluent_kafka import Consumer as CConsumer
+
+        config: dict[str, Any] = {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"reader-{os.getpid()}-{id(self)}",  # required by librdkafka; never joined or committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,  # how the reader knows it has caught up with each partition
+            "fetch.wait.max.ms": 10,
+        }
+        config.update(overrides)
+        self._consumer = CConsumer(config)
+        meta = self._consumer.list_topics(timeout=15)
+        parts = []
+        for t in topics:
+            if t not in meta.topics or meta.topics[t].error is not None:
+                raise BrokerError(f"topic {t} does not exist: create it before reading it")
+            parts += [TopicPartition(t, p, OFFSET_BEGINNING) for p in sorted(meta.topics[t].partitions)]
+        if start == "end":  # resolved now: a logical END resolved at the first fetch would skip what comes meanwhile
+            for tp in parts:
+                tp.offset = self._consumer.get_watermark_offsets(tp, timeout=10)[1]
+        for tp in parts:  # where an earlier reader of this process left off
+            if (tp.topic, tp.partition) in positions:
+                tp.offset = positions[(tp.topic, tp.partition)]
+        self._all = {(tp.topic, tp.partition) for tp in parts}
+        self._eof: set[tuple[str, int]] = set()
+        self._consumer.assign(parts)
+        self.assigned = threading.Event()
+        self.assigned.set()
+        self.caught_up = threading.Event()
+        """Set once every partition has been read to the end it had when the reader reached it."""
+        self.on_assign: RebalanceCallback | None = None
+        self.on_revoke: RebalanceCallback | None = None
+
+    def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Record]:
+        from confluent_kafka import KafkaError
+
+        out: list[Record] = []
+        append = out.append
+        for msg in self._consumer.consume(num_messages=max_records, timeout=timeout_s):
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._eof.add((msg.topic(), msg.partition()))  # type: ignore[arg-type]
+                    if not self.caught_up.is_set() and self._eof >= self._all:
+                        self.caught_up.set()
+                else:
+                    log.warning("reader error: %s", err)
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            append(Record(topic, partition, offset, msg.key(), msg.value() or b"", msg.timestamp()[1]))  # type: ignore[arg-type]
+        return out
+
+    def commit(self, asynchronous: bool = False) -> None:
+        """Nothing to commit: a restarted reader starts over."""
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class _KafkaPythonReader:
+    """:class:`_ConfluentReader` over kafka-python (caught up when every position reaches its high watermark)."""
+
+    def __init__(
+        self,
+        settings: MlsdSettings,
+        topics: Sequence[str],
+        overrides: dict[str, Any],
+        start: ReaderStart,
+        positions: Mapping[tuple[str, int], int],
+    ):
+        from kafka import KafkaConsumer, TopicPartition
+
+        config: dict[str, Any] = {
+            "bootstrap_servers": settings.kafka_bootstrap,
+            "group_id": None,
+            "enable_auto_commit": False,
+            "fetch_max_wait_ms": 10,
+            "bootstrap_timeout_ms": 10_000,
+        }
+        config.update(overrides)
+        self._consumer = KafkaConsumer(**config)
+        parts = []
+        for t in topics:
+            ids = self._consumer.partitions_for_topic(t)
+            if not ids:
+                raise BrokerError(f"topic {t} does not exist: create it before reading it")
+            parts += [TopicPartition(t, p) for p in sorted(ids)]
+        self._parts = parts
+        self._consumer.assign(parts)
+        if start == "beginning":
+            self._consumer.seek_to_beginning(*parts)
+        else:  # resolved now, not at the first poll: what is produced meanwhile must not be skipped
+            for tp, end in self._consumer.end_offsets(parts).items():
+                self._consumer.seek(tp, end)
+        for tp in parts:  # where an earlier reader of this process left off
+            if (tp.topic, tp.partition) in positions:
+                self._consumer.seek(tp, positions[(tp.topic, tp.partition)])
+        self.assigned = threading.Event()
+        self.assigned.set()
+        self.caught_up = threading.Event()
+        self.on_assign: RebalanceCallback | None = None
+        self.on_revoke: RebalanceCallback | None = None
+
+    def poll(self, timeout_s: float = 1.0, max_records: int = 500) -> list[Record]:
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        out = [
+            Record(tp.topic, tp.partition, r.offset, r.key, r.value or b"", r.timestamp)
+            for tp, records in batches.items()
+            for r in records
+        ]
+        if not self.caught_up.is_set():
+            high = [self._consumer.highwater(tp) for tp in self._parts]
+            if all(h is not None and self._consumer.position(tp) >= h for tp, h in zip(self._parts, high, strict=True)):
+                self.caught_up.set()
+        return out
+
+    def commit(self, asynchronous: bool = False) -> None:
+        """Nothing to commit: a restarted reader starts over."""
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
@@ -466,32 +607,6 @@ def make_producer(settings: MlsdSettings, client: str | None = None, **overrides
     raise BrokerError(f"unknown kafka client {client!r}: use 'confluent' or 'kafka-python'")
 
 
-def make_reader(
-    settings: MlsdSettings,
-    topics: Sequence[str],
-    *,
-    start: Literal["beginning", "end"] = "end",
-    client: str | None = None,
-    **overrides: Any,
-) -> Consumer:
-    """A consumer of *every* partition of ``topics``, assigned directly, in no consumer group.
-
-    For a process that must see a whole topic itself (a server's feedback labels, every scorer's copy of the
-    labels): no group join to wait for (``assigned`` is set on return), and no dependence on the broker's group
-    coordinator, which on tansu has been seen never to finish a join. ``start="end"`` reads what arrives from
-    now on (tansu answers "latest" a little early, so a few older records may come first: readers must tolerate
-    them), ``"beginning"`` everything the topic holds. Nothing is committed: a restarted reader starts over.
-    The topics must exist (``create_topics``).
-    """
-    client = client or settings.kafka_client
-    group = f"reader-{uuid.uuid4().hex[:12]}"  # librdkafka wants a group id even for assign(); never joined
-    if client == "confluent":
-        return _ConfluentConsumer(settings, topics, group, overrides, start=start)
-    if client == "kafka-python":
-        return _KafkaPythonConsumer(settings, topics, group, overrides, start=start)
-    raise BrokerError(f"unknown kafka client {client!r}: use 'confluent' or 'kafka-python'")
-
-
 def make_consumer(
     settings: MlsdSettings, topics: Sequence[str], group_id: str, client: str | None = None, **overrides: Any
 ) -> Consumer:
@@ -501,6 +616,39 @@ def make_consumer(
         return _ConfluentConsumer(settings, topics, group_id, overrides)
     if client == "kafka-python":
         return _KafkaPythonConsumer(settings, topics, group_id, overrides)
+    raise BrokerError(f"unknown kafka client {client!r}: use 'confluent' or 'kafka-python'")
+
+
+class Reader(Consumer, Protocol):
+    caught_up: threading.Event
+
+
+def make_reader(
+    settings: MlsdSettings,
+    topics: Sequence[str],
+    client: str | None = None,
+    *,
+    start: ReaderStart = "beginning",
+    positions: Mapping[tuple[str, int], int] | None = None,
+    **overrides: Any,
+) -> Reader:
+    """A consumer of *every* partition of ``topics``, assigned directly, in no consumer group.
+
+    For state every process must build from a whole topic (every scorer's copy of the labels) or a process that
+    must see all of it itself (a server's feedback labels): no group join to wait for (``assigned`` is set on
+    return), no dependence on the broker's group coordinator (tansu has been seen never to finish a join), and
+    nothing committed: a restarted reader starts over. ``start="beginning"`` reads everything the topic holds,
+    ``"end"`` what arrives from now on (tansu answers "latest" a little early, so a few older records may come
+    first: readers must tolerate them). ``caught_up`` is set once it has read to the end of each partition, so
+    a process can wait for it before it acts on the state. The topics must exist (``create_topics``).
+    ``positions`` (``(topic, partition) -> next offset``) overrides ``start`` for the partitions it names: a
+    reader restarted inside a process resumes where the state it fed stops, instead of feeding it twice.
+    """
+    client = client or settings.kafka_client
+    if client == "confluent":
+        return _ConfluentReader(settings, topics, overrides, start, positions or {})
+    if client == "kafka-python":
+        return _KafkaPythonReader(settings, topics, overrides, start, positions or {})
     raise BrokerError(f"unknown kafka client {client!r}: use 'confluent' or 'kafka-python'")
 
 
@@ -575,11 +723,17 @@ def describe_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def decode_batch(producer: Producer, records: Sequence[Record], schema: type[M]) -> list[tuple[Record, M]]:
-    """Parse each record; a record that fails goes to the dead-letter topic with the reason (not flushed)."""
+def decode_batch(
+    producer: Producer, records: Sequence[Record], schema: type[M], *, max_bytes: int | None = None
+) -> list[tuple[Record, M]]:
+    """Parse each record; a record that fails, or is over ``max_bytes``, goes to the dead-letter topic with the
+    reason (not flushed)."""
     batch: list[tuple[Record, M]] = []
     append, parse = batch.append, schema.model_validate_json  # once per record: no lookups in the loop
     for record in records:
+        if max_bytes is not None and len(record.value) > max_bytes:
+            send_to_dead_letter(producer, record, f"message of {len(record.value)} bytes, over the {max_bytes} limit")
+            continue
         try:
             append((record, parse(record.value)))
         except (ValidationError, ValueError) as exc:
@@ -600,50 +754,202 @@ def run_consumer_loop(
     before_commit: Callable[[], None] | None = None,
     on_ready: Callable[[], None] | None = None,
     tick: Callable[[], None] | None = None,
+    max_message_bytes: int | None = None,
+    commit_async: bool = False,
+    commit_max_records: int | None = None,
 ) -> None:
     """At-least-once processing: poll → decode (bad → DLQ) → ``handle(batch)`` → flush → commit.
 
     The commit comes last, so a crash anywhere before it re-delivers what was handled since the last commit to
     the next consumer of the group: ``handle`` must be idempotent (e.g. ``INSERT OR IGNORE`` keyed by message
     id). An exception from ``handle`` propagates (nothing more is committed) — a bug should stop the consumer,
-    bad *data* should not.
+    bad *data* should not: a record that does not parse, or is over ``max_message_bytes``, goes to
+    ``<topic>.dlq`` with the reason (bounded, so dead-lettering cannot fail) and the loop goes on.
 
     ``commit_interval_s`` trades re-delivery for latency: 0 flushes and commits after every batch (a broker
     round trip each, ~10 ms of serial wait under load); a positive value flushes and commits at most that
-    often, and whenever the topic goes idle, so a crash re-delivers at most that much work.
+    often, and whenever the topic goes idle, so a crash re-delivers at most that much work;
+    ``commit_max_records`` also commits once that many records wait (a bound on re-delivery by count).
     ``before_commit`` runs first at each commit point: the place for a handler that buffers its results to make
     them durable (one store transaction per commit instead of per batch).
+    ``commit_async`` sends the offset commit without waiting for the broker's answer: for a handler whose store
+    keeps its own record of what it applied (a lost commit then costs a re-read, not a duplicate).
+    A rebalance that takes partitions away commits first (synchronously), from inside ``poll``, so their next
+    owner starts after what was handled here.
     ``on_ready`` is called once, when the group has assigned this consumer its partitions (readiness).
     ``tick`` runs after every poll, with records or without: periodic work of a consumer whose topic may stay
     idle for long (``before_commit`` only runs once something was handled).
     """
+    pending = False
 
-    def commit() -> None:
+    def commit(asynchronous: bool = commit_async) -> None:
         if before_commit is not None:
             before_commit()
         producer.flush()
-        consumer.commit()
+        consumer.commit(asynchronous=asynchronous)
 
-    pending = False
+    waiting = 0  # records handled since the last commit
+    user_revoke = consumer.on_revoke
+
+    def revoke(partitions: Partitions) -> None:
+        nonlocal pending, waiting
+        if pending:
+            commit(asynchronous=False)
+            pending, waiting = False, 0
+        if user_revoke is not None:
+            user_revoke(partitions)
+
+    consumer.on_revoke = revoke
     last_commit = time.monotonic()
-    while not stop.is_set():
-        records = consumer.poll(timeout_s=poll_timeout_s, max_records=max_records)
-        if on_ready is not None and consumer.assigned.is_set():
-            on_ready()
-            on_ready = None
-        if records:
-            batch = decode_batch(producer, records, schema)
-            if batch:
-                handle(batch)
-            pending = True
-        now = time.monotonic()
-        if pending and (not records or now - last_commit >= commit_interval_s):
-            commit()
-            pending, last_commit = False, now
-        if tick is not None:
-            tick()
-    if pending:  # a clean stop commits what was handled
-        commit()
+    most = commit_max_records if commit_max_records is not None else 2**62
+    try:
+        while not stop.is_set():
+            records = consumer.poll(timeout_s=poll_timeout_s, max_records=max_records)
+            if on_ready is not None and consumer.assigned.is_set():
+                on_ready()
+                on_ready = None
+            if records:
+                batch = decode_batch(producer, records, schema, max_bytes=max_message_bytes)
+                if batch:
+                    handle(batch)
+                pending = True
+                waiting += len(records)
+            now = time.monotonic()
+            if pending and (not records or now - last_commit >= commit_interval_s or waiting >= most):
+                commit()
+                pending, last_commit, waiting = False, now, 0
+            if tick is not None:
+                tick()
+        if pending:  # a clean stop commits what was handled
+            commit(asynchronous=False)
+            pending = False
+    finally:
+        consumer.on_revoke = user_revoke
+
+
+# ------------------------------------------------------------------------------------------ supervision
+
+
+class SupervisedLoop(threading.Thread):
+    """A consumer loop in a thread that never dies silently.
+
+    ``target`` runs until ``stop`` is set. If it raises, the loop is down at once (``healthy`` False,
+    ``mlsd_consumer_loop_up{loop=...}`` 0, ``mlsd_consumer_loop_deaths_total`` +1, the traceback logged) and
+    then either restarted after a backoff that doubles up to ``max_backoff_s`` (``restart=True``; it is reset
+    once a run has lasted a minute) or handed to ``on_death`` (e.g. stop the process so it exits non-zero and
+    its supervisor restarts it). A service's readiness includes ``healthy``: a loop that is down is an
+    unready service, never a silently frozen one.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        target: Callable[[], object],
+        *,
+        stop: threading.Event,
+        restart: bool = True,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        registry: Any = None,
+        on_death: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        super().__init__(name=name, daemon=True)
+        self.target, self.stop, self.restart = target, stop, restart
+        self.backoff_s, self.max_backoff_s, self.on_death = backoff_s, max_backoff_s, on_death
+        self.healthy = False
+        self.deaths = 0
+        self.last_error = ""
+        registry = registry if registry is not None else CollectorRegistry()
+        self._up = _metric(registry, Gauge, "mlsd_consumer_loop_up", "1 while the consumer loop runs").labels(name)
+        self._deaths = _metric(
+            registry, Counter, "mlsd_consumer_loop_deaths", "consumer loops that raised (restarted or not)"
+        ).labels(name)
+
+    def run(self) -> None:
+        backoff = self.backoff_s
+        while not self.stop.is_set():
+            started = time.monotonic()
+            self.healthy = True
+            self._up.set(1)
+            try:
+                self.target()
+                return  # stopped cleanly
+            except BaseException as exc:
+                self.healthy = False
+                self._up.set(0)
+                self.deaths += 1
+                self._deaths.inc()
+                self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                if not self.restart:
+                    log.exception("%s died; not restarted", self.name)
+                    if self.on_death is not None:
+                        self.on_death(exc)
+                    return
+                if time.monotonic() - started > 60.0:
+                    backoff = self.backoff_s
+                log.exception("%s died (%d so far); restarting in %.1f s", self.name, self.deaths, backoff)
+                self.stop.wait(backoff)
+                backoff = min(2 * backoff, self.max_backoff_s)
+            finally:
+                if self.stop.is_set():
+                    self.healthy = False
+                    self._up.set(0)
+
+
+def _metric(registry: Any, kind: Any, name: str, doc: str) -> Any:
+    """One labelled metric per registry, shared by every loop registered in it."""
+    existing = getattr(registry, "_mlsd_loop_metrics", None)
+    if existing is None:
+        existing = {}
+        registry._mlsd_loop_metrics = existing
+    if name not in existing:
+        existing[name] = kind(name, doc, ["loop"], registry=registry)
+    return existing[name]
+
+
+def serve_health(
+    *, host: str, port: int, ready: Callable[[], bool], registry: Any = None, reason: Callable[[], str] | None = None
+) -> Any:
+    """``/healthz``, ``/readyz`` (503 with the reason while ``ready()`` is false) and ``/metrics`` for a process
+    that has no HTTP API of its own (a scorer, a label sink), so an orchestrator's healthcheck asks whether it
+    is *ready*, not whether its PID exists. A daemon thread; returns the server (``shutdown()`` stops it)."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/healthz":
+                self._send(200, "application/json", b'{"status": "ok"}')
+            elif self.path == "/readyz":
+                if ready():
+                    self._send(200, "application/json", b'{"status": "ready"}')
+                else:
+                    why = reason() if reason is not None else "not ready"
+                    body = {"error": {"type": "not_ready", "message": why, "detail": None}}
+                    self._send(503, "application/json", json.dumps(body).encode())
+            elif self.path == "/metrics" and registry is not None:
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+            else:
+                self._send(404, "application/json", b'{"error": {"type": "not_found", "message": "not found"}}')
+
+        def _send(self, status: int, ctype: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=f"health-{port}", daemon=True).start()
+    return server
 
 
 # ------------------------------------------------------------------------------------------ measurement
@@ -657,7 +963,6 @@ def measure_round_trip(
     Returns produce and consume rates (msg/s) and the seconds from subscribe to the first message (the
     group join, which tansu holds for session_timeout / 2).
     """
-    import uuid
 
     topic = f"bench-{client}-{uuid.uuid4().hex[:8]}"
     create_topics(settings, [TopicSpec(topic, partitions)])

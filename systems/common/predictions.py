@@ -53,6 +53,9 @@ Scalar = float | int | str | bool | None
 Value = Scalar | list[float | int | str | bool | None]
 
 MAX_ID_CHARS = 200
+MAX_LATENCY_MS = float(2**31)
+"""~25 days: a latency beyond it is a broken clock or a broken producer, not a latency (a 1e30 would poison every
+percentile monitoring computes). Generous on purpose: a replayed backlog's event-to-decision times are kept."""
 
 
 class _Versioned(BaseModel):
@@ -81,7 +84,7 @@ class PredictionRecord(_Versioned):
     event_ts_ms: int = Field(ge=0, lt=2**53, description="when the predicted event happened (event time), ms")
     features: dict[str, Value] = Field(default_factory=dict, description="the model's inputs, as served")
     output: dict[str, Value] = Field(description="score, class, item ids … as answered")
-    latency_ms: float = Field(ge=0, description="model-side latency of this prediction")
+    latency_ms: float = Field(ge=0, le=MAX_LATENCY_MS, description="model-side latency of this prediction")
 
     @field_validator("latency_ms")
     @classmethod

@@ -101,11 +101,11 @@ def train(
     compare: Annotated[bool, typer.Option(help="also print the validation and test tables")] = False,
 ) -> None:
     """Choose the model and imbalance strategy on the validation block, refit, register it as `champion`."""
-    from systems.fraud.train import HANDBOOK_PUBLISHED, SplitConfig, add_features, select_and_register
+    from systems.fraud.train import HANDBOOK_PUBLISHED, add_features, select_and_register, split_for_days
 
     settings = _settings()
     frame = add_features(_load_or_simulate(settings))
-    config = SplitConfig()
+    config = split_for_days(int(frame["day"].max()) + 1)  # the handbook's days, or the same lengths at the end
     run = select_and_register(
         settings,
         frame,
@@ -140,62 +140,29 @@ def up(
         bool, typer.Option(help="also retrain when monitoring asks (consume retrain.requests)")
     ] = True,
 ) -> None:
-    """Run the streaming side: scorer(s), the label sink, the retrain listener and optionally the API,
-    until Ctrl-C."""
-    import subprocess
-    import sys
-
+    """Run the streaming side: scorer(s), the label sink, the retrain listener and optionally the API, each
+    restarted if it dies, until Ctrl-C."""
     from systems.fraud.stream import main as stream_main
+    from systems.fraud.supervise import run_up
 
     settings = _settings()
-    history = settings.history if settings.history.exists() else None
     if scorer_only:
-        stream_main([] if history is None else ["--history", str(history)])
+        stream_main([] if not settings.history.exists() else ["--history", str(settings.history)])
         return
-    from systems.fraud.feedback import run_label_sink, run_retrain_listener
-
-    cmd = [sys.executable, "-m", "systems.fraud.stream"] + ([] if history is None else ["--history", str(history)])
-    procs = [subprocess.Popen(cmd) for _ in range(scorers)]
-    if api:
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    "systems.fraud.serve:create_app",
-                    "--host",
-                    settings.host,
-                    "--port",
-                    str(settings.api_port),
-                ]
-            )
-        )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threads = []
-    if label_sink:
-        threads.append(("label sink", threading.Thread(target=run_label_sink, args=(settings, stop), daemon=True)))
-    if retrain_listener:
-        listener = threading.Thread(target=run_retrain_listener, args=(settings, stop), daemon=True)
-        threads.append(("retrain listener", listener))
-    for _, thread in threads:
-        thread.start()
-    extras = "".join(f" + {name}" for name, _ in threads)
-    console.print(f"{scorers} scorer(s){' + API' if api else ''}{extras} running; Ctrl-C stops")
     try:
-        while not stop.is_set() and all(p.poll() is None for p in procs):
-            time.sleep(0.5)
+        run_up(
+            settings,
+            scorers=scorers,
+            api=api,
+            label_sink=label_sink,
+            retrain_listener=retrain_listener,
+            say=console.print,
+            stop=stop,
+        )
     except KeyboardInterrupt:
-        pass
-    finally:
         stop.set()
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(30)
 
 
 @app.command()
@@ -296,6 +263,9 @@ def _listen(settings, retrain_kwargs: dict) -> None:
         raise errors[0]
 
 
+BENCH_PARTS = ("quality", "stream", "api", "fault", "poison", "chaos", "transactions")
+
+
 @app.command()
 def bench(
     out: Annotated[
@@ -305,23 +275,24 @@ def bench(
         bool, typer.Option(help="small smoke run, not numbers to publish (written under the data dir)")
     ] = False,
     repeats: Annotated[int, typer.Option(help="runs of the stream and api parts; medians are reported")] = 3,
-    parts: Annotated[str, typer.Option(help="comma-separated subset of quality,stream,api,fault")] = (
-        "quality,stream,api,fault"
+    parts: Annotated[str, typer.Option(help=f"comma-separated subset of {','.join(BENCH_PARTS)}")] = ",".join(
+        BENCH_PARTS
     ),
 ) -> None:
     """Simulator, quality table (once), streaming throughput/latency and /score latency (medians of
-    ``--repeats`` runs), fault run (once)."""
+    ``--repeats`` runs), a SIGKILL fault run, poison messages, seeded chaos (kill -9 of scorer and API) and a
+    probe of the broker's transactions (once each)."""
     import json
 
     from systems.common.errors import MlsdError
     from systems.fraud.bench import run_bench
 
     chosen = tuple(p.strip() for p in parts.split(",") if p.strip())
-    unknown = set(chosen) - {"quality", "stream", "api", "fault"}
+    unknown = set(chosen) - set(BENCH_PARTS)
     if unknown or repeats < 1:
-        raise MlsdError(f"bad --parts {sorted(unknown)} or --repeats {repeats}: use quality,stream,api,fault and >= 1")
+        raise MlsdError(f"bad --parts {sorted(unknown)} or --repeats {repeats}: use {','.join(BENCH_PARTS)} and >= 1")
     result = run_bench(out, quick=quick, parts=("simulator", *chosen), repeats=repeats)
-    keys = ("simulator", "quality", "stream", "api", "fault")
+    keys = ("simulator", *BENCH_PARTS)
     console.print_json(json.dumps({k: result.get(k) for k in keys}, default=str))
     console.print(f"[green]✓[/] wrote {out or 'systems/fraud/bench/fraud.json'} and its PNG")
 

@@ -8,11 +8,21 @@ labels (key = tx_id, a Chargeback: the shared LabelRecord)  ->  label store, sco
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 from systems.common.predictions import LabelRecord, encode_label
+
+MAX_ID = 2**63 - 1
+"""Ids are signed 64-bit integers end to end (sqlite INTEGER, Postgres BIGINT, numpy int64): larger ones are
+rejected at the edge instead of overflowing a store write."""
+MAX_TS_S = 2**40
+"""An absolute bound on event times (year ~36,800): keeps day arithmetic in int64. The real bound is the window
+around the stream's clock (``FraudSettings.max_event_lead_s`` / ``max_event_lag_s``), checked by the scorer and
+the API, since only they know the clock."""
+
+Id = Annotated[int, Strict(), Field(ge=0, le=MAX_ID)]
 
 
 class Transaction(BaseModel):
@@ -20,12 +30,14 @@ class Transaction(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tx_id: int = Field(ge=0)
-    customer_id: int = Field(ge=0)
-    terminal_id: int = Field(ge=0)
-    ts_s: int = Field(gt=0, description="event time, unix seconds")
+    tx_id: Id
+    customer_id: Id
+    terminal_id: Id
+    ts_s: int = Field(gt=0, lt=MAX_TS_S, strict=True, description="event time, unix seconds")
     amount: float = Field(ge=0, le=1_000_000)
-    sent_ms: float | None = Field(default=None, description="wall-clock produce time, for end-to-end latency")
+    sent_ms: float | None = Field(
+        default=None, ge=0, lt=2**53, description="wall-clock produce time, for end-to-end latency"
+    )
 
     @field_validator("amount")
     @classmethod
@@ -65,6 +77,8 @@ class Chargeback(LabelRecord):
             raise ValueError(f"label must be 0 or 1, got {self.label!r}")
         if self.event_ts_ms is None:
             raise ValueError("event_ts_ms (the transaction's time) is required")
+        if self.event_ts_ms > self.label_ts_ms:
+            raise ValueError(f"event_ts_ms {self.event_ts_ms} is after label_ts_ms {self.label_ts_ms}")
         terminal = self.attributes.get("terminal_id")
         if not isinstance(terminal, int) or isinstance(terminal, bool) or not 0 <= terminal < 2**63:
             raise ValueError(f"attributes.terminal_id must be a non-negative 64-bit integer, got {terminal!r}")

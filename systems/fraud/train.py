@@ -91,6 +91,27 @@ class SplitConfig:
         }
 
 
+def split_for_days(n_days: int, config: SplitConfig | None = None) -> SplitConfig:
+    """``config`` (default: the handbook's periods) if the data covers it, validation block included; else the
+    same period lengths moved to the end of the data. Raises :class:`MlsdError` when the data is too short for
+    the protocol at all (the message says how many days it needs)."""
+    from dataclasses import replace
+
+    from systems.common.errors import MlsdError
+
+    config = config or SplitConfig()
+    shift = config.delay_days + config.val_days  # the validation block sits this much earlier
+    span = config.train_days + config.delay_days + config.test_days
+    if config.start_day - shift >= 0 and config.start_day + span <= n_days:
+        return config
+    if span + shift > n_days:
+        raise MlsdError(
+            f"the dataset covers {n_days} days; training, validating and testing on it needs at least "
+            f"{span + shift} (simulate more days)"
+        )
+    return replace(config, start_day=n_days - span)
+
+
 def validation_config(config: SplitConfig) -> SplitConfig:
     """The protocol moved back ``delay_days + val_days`` days; its scored period is the validation block.
 

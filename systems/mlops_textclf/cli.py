@@ -335,7 +335,7 @@ def bench(
         for col in ("model", "version", "batches", "rows", "accuracy", "macro-F1", "ROC AUC", "ECE", "train s"):
             qt.add_column(col, justify="left" if col in ("model", "version") else "right")
         for kind, q in quality.items():
-            for v in q["by_version"]:
+            for v in q.get("by_version", []):  # (``intervals`` is not a model)
                 g = v["golden"]
                 qt.add_row(
                     kind,

@@ -38,7 +38,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from systems.common import registry
-from systems.common.broker import TopicSpec
+from systems.common.broker import TopicSpec, dead_letter_topic
 from systems.common.errors import MlsdError
 from systems.common.http import ADMIN_RESPONSES, AdminCredentials, check_admin_token, conflict_response
 from systems.common.http import create_app as create_base_app
@@ -555,7 +555,11 @@ def create_app(settings: TextclfSettings | None = None, service: TextclfService 
         settings.ensure_dirs()
         service.load()
         if settings.publish_predictions:
-            topics = [TopicSpec(settings.predictions_topic, 1), TopicSpec(settings.labels_topic, 1)]
+            topics = [
+                TopicSpec(settings.predictions_topic, 1),
+                TopicSpec(settings.labels_topic, 1),
+                TopicSpec(dead_letter_topic(settings.labels_topic), 1),
+            ]
             service.publisher = PredictionPublisher(
                 settings, system=SYSTEM, registry=app.state.metrics_registry, topics=topics
             ).start()

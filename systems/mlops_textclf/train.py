@@ -59,7 +59,6 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -520,8 +519,13 @@ def best_threshold(y: np.ndarray, proba: np.ndarray) -> float:
 def _head(config: TrainConfig, c: float) -> Any:
     from sklearn.linear_model import LogisticRegression
 
-    solver = "liblinear" if isinstance(config, TfidfConfig) else "lbfgs"
-    return LogisticRegression(C=c, solver=solver, max_iter=config.max_iter, random_state=config.seed)
+    if isinstance(config, TfidfConfig):
+        # TF-IDF has far more features than rows (~100k n-grams, ~10k texts): liblinear's dual coordinate descent
+        # solves the same L2-regularised problem as its primal Newton method, ~4× faster here
+        return LogisticRegression(
+            C=c, solver="liblinear", dual=True, max_iter=config.max_iter, random_state=config.seed
+        )
+    return LogisticRegression(C=c, solver="lbfgs", max_iter=config.max_iter, random_state=config.seed)
 
 
 def _vectorizer(config: TfidfConfig) -> Any:
@@ -576,12 +580,10 @@ def fit_classifier(
 
     grid: dict[str, float] = {}
     best: tuple[float, float, Any, np.ndarray] | None = None  # (auc, C, head, validation P(positive))
-    # The grid's fits are independent and the solvers release the GIL: one thread per C, as many at once as
-    # there are cores. Each fit is seeded, so the result is the sequential one, only sooner.
-    cs = sorted(config.c_grid)  # ascending: a tie keeps the smaller C
-    with ThreadPoolExecutor(max_workers=max(1, min(len(cs), os.cpu_count() or 1))) as pool:
-        heads = list(pool.map(lambda c: _head(config, c).fit(x_fit, y_fit), cs))
-    for c, head in zip(cs, heads, strict=True):
+    # One C after another, never on threads: liblinear draws its coordinate order from the C library's one
+    # global rand(), so fits running side by side interleave their draws and the same data gives other models.
+    for c in sorted(config.c_grid):  # ascending: a tie keeps the smaller C
+        head = _head(config, c).fit(x_fit, y_fit)
         proba = head.predict_proba(x_val)[:, 1]
         auc = float(roc_auc_score(y_val, proba))
         grid[f"{c:g}"] = round(auc, 6)

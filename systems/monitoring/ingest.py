@@ -24,7 +24,6 @@ the default (``fast=False``) and the fast path stays a measured option.
 from __future__ import annotations
 
 import gc
-import math
 import os
 import threading
 import time
@@ -49,7 +48,14 @@ from systems.common.broker import (
     make_producer,
     run_consumer_loop,
 )
-from systems.common.predictions import MAX_ID_CHARS, SCHEMA_VERSION, LabelRecord, PredictionRecord, encode_prediction
+from systems.common.predictions import (
+    MAX_ID_CHARS,
+    MAX_LATENCY_MS,
+    SCHEMA_VERSION,
+    LabelRecord,
+    PredictionRecord,
+    encode_prediction,
+)
 from systems.common.proc import free_port
 from systems.monitoring.join import Added, JoinConfig, LabelJoin
 from systems.monitoring.results import WindowKey, WindowResult
@@ -133,7 +139,7 @@ def fast_prediction_fields(d: Any) -> dict[str, Any] | None:
         and type(v) is int
         and 1 <= v <= SCHEMA_VERSION
         and (type(latency) is float or type(latency) is int)
-        and 0 <= latency < math.inf
+        and 0 <= latency <= MAX_LATENCY_MS
         and type(features) is dict
         and type(output) is dict
     ):

@@ -36,14 +36,10 @@ from a long-lived thread (the main thread, a service's lifespan): the kernel tie
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import math
 import shutil
-import signal
 import subprocess
-import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -52,7 +48,7 @@ import httpx
 import yaml
 
 from systems.common.errors import MlsdError
-from systems.common.proc import free_port, port_open, stop_pid
+from systems.common.proc import die_with_parent, free_port, port_open, stop_pid
 
 RULES_FILE = Path(__file__).resolve().parents[2] / "docker" / "alerts.yml"
 """The one rule file (ops and ML alerts), shared with the compose Prometheus."""
@@ -331,23 +327,6 @@ class PrometheusClient:
 # ------------------------------------------------------------------------------------------- launchers
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent thread dies (None elsewhere).
-
-    libc is resolved here, before the fork: the child then runs one C call between fork and exec.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    prctl = libc.prctl
-    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
-
-    def set_pdeathsig() -> None:
-        prctl(pr_set_pdeathsig, sigterm)
-
-    return set_pdeathsig
-
-
 @dataclass
 class _LocalDaemon:
     """What both launchers share: a folder, a port on 127.0.0.1, a log, readiness on ``/-/ready``."""
@@ -393,7 +372,7 @@ class _LocalDaemon:
         elif port_open(self.host, self.port):
             raise ObservabilityError(f"port {self.port} is already in use: stop what holds it, or pick another port")
         cmd = self._command()  # finds the binary first: a missing package fails before anything is written
-        preexec = _parent_death_signal() if self.die_with_parent else None
+        preexec = die_with_parent() if self.die_with_parent else None
         with self.log_path.open("ab") as out:
             # process_group=0: its own group, so a signal meant for it never reaches the caller, and the
             # caller's Ctrl-C handling (stop in __exit__) decides when it goes.

@@ -451,7 +451,10 @@ def check_fraud(compose: Compose, step: Step, sent: Sent) -> None:
     if n < 500:
         raise SmokeError(f"fraud replay sent only {n} transactions")
     rows, distinct = wait_decisions(compose, sent.transactions, timeout_s=180)
-    tx = {"tx_id": 10**9, "customer_id": 1, "terminal_id": 1, "ts_s": 1_533_000_000, "amount": 42.0}
+    # the first second of replay day 150 (the simulator starts 2018-04-01 UTC): the API's clock is the end of the
+    # history it warmed on, the day before, and /score takes times within a day ahead of it (a 422 otherwise)
+    day_150 = 1_522_540_800 + 150 * 86_400
+    tx = {"tx_id": 10**9, "customer_id": 1, "terminal_id": 1, "ts_s": day_150, "amount": 42.0}
     scored = http("POST", "http://127.0.0.1:8002/score", json=tx)
     if scored["decision"] not in ("approve", "block"):
         raise SmokeError(f"fraud /score: unexpected answer {scored}")
@@ -538,7 +541,9 @@ def wait_decisions_through_stalls(
             stalls += 1
             console.print(f"   no decision for {stall_s:.0f} s at {rows} of {expected}: restarting the scorers")
             compose("kill", "-s", "SIGKILL", *scorers, profile="fraud")
-            compose("start", *scorers, profile="fraud")
+            # `docker start`, not `docker compose start`: compose would run the one-shot fraud-init again first
+            # (simulate + train, minutes), and the scorers would wait for it past the next stall deadline
+            run(["docker", "start", *(compose.container(s, "fraud") for s in scorers)])
             since = time.monotonic()
         time.sleep(1.0)
     raise SmokeError(f"fraud: {expected} decisions in Postgres: not within {timeout_s:.0f} s; {decisions(compose)}")

@@ -177,6 +177,33 @@ def test_malformed_messages_go_to_the_dead_letter_topic(broker_settings, unique_
 
 
 @pytest.mark.parametrize("client", CLIENTS)
+def test_a_reader_sees_every_partition_from_the_start_and_knows_when_it_caught_up(
+    broker_settings, unique_name, client
+) -> None:
+    """No group: nothing to join (the first records come at once), every reader sees every record, and
+    ``caught_up`` tells a process when the state it builds from the topic is complete."""
+    from systems.common.broker import make_reader
+
+    topic = unique_name
+    create_topics(broker_settings, [TopicSpec(topic, 3)])
+    producer = make_producer(broker_settings, client)
+    for i in range(300):
+        producer.send(topic, str(i).encode(), key=str(i).encode())
+    producer.close()
+    readers = [make_reader(broker_settings, [topic], client) for _ in range(2)]
+    try:
+        for reader in readers:
+            start, got = time.monotonic(), []
+            while not reader.caught_up.is_set() and time.monotonic() - start < 20:
+                got += reader.poll(timeout_s=0.2, max_records=1000)
+            assert reader.caught_up.is_set() and time.monotonic() - start < 5.0  # no group join to wait for
+            assert sorted(int(r.value) for r in got) == list(range(300))
+    finally:
+        for reader in readers:
+            reader.close()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
 def test_a_reader_sees_every_partition_at_once_without_joining_a_group(broker_settings, unique_name, client) -> None:
     topic = unique_name
     create_topics(broker_settings, [TopicSpec(topic, 3)])
@@ -203,6 +230,29 @@ def test_a_reader_sees_every_partition_at_once_without_joining_a_group(broker_se
     # every new record reaches the reader that started at the end; tansu may hand it a few old ones first
     news = [r.value for r in new_records if r.value.startswith(b"new")]
     assert sorted(news) == sorted(f"new{i}".encode() for i in range(300))
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_reader_resumes_from_the_positions_it_is_given(broker_settings, unique_name, client) -> None:
+    """Named partitions start at their position, the others where ``start`` says: what a reader restarted inside
+    a process needs to go on after the last record its state took in (not before it, not after it)."""
+    topic = unique_name
+    create_topics(broker_settings, [TopicSpec(topic, 3)])
+    producer = make_producer(broker_settings, client)
+    for i in range(300):
+        producer.send(topic, str(i).encode(), key=str(i).encode())
+    producer.close()
+    everything = make_reader(broker_settings, [topic], client)
+    first, _ = consume_all(everything, 300)
+    everything.close()
+    by_partition = {p: sorted(r.offset for r in first if r.partition == p) for p in range(3)}
+    positions = {(topic, 0): by_partition[0][10], (topic, 1): by_partition[1][-1] + 1}
+    resumed = make_reader(broker_settings, [topic], client, positions=positions)
+    expected = [r for r in first if r.partition == 2 or (r.partition == 0 and r.offset >= positions[(topic, 0)])]
+    got, _ = consume_all(resumed, len(expected))
+    extra, _ = consume_all(resumed, 1, timeout_s=1.0)  # nothing more: partition 1 starts at its end
+    resumed.close()
+    assert sorted((r.partition, r.offset) for r in got + extra) == sorted((r.partition, r.offset) for r in expected)
 
 
 def test_a_reader_of_a_missing_topic_says_so(broker_settings, unique_name) -> None:

@@ -65,10 +65,11 @@ def make_settings(world: FraudWorld, broker: LocalBroker, **overrides: object) -
     }
     fields.update(overrides)
     settings = FraudSettings(**fields).scoped()  # type: ignore[arg-type]
-    if "decision_store_url" in overrides:
-        return settings
-    url = f"sqlite:///{world.data_dir / f'decisions-{settings.run_id}.db'}"
-    return settings.model_copy(update={"decision_store_url": url})
+    stores = {
+        "decision_store_url": f"sqlite:///{world.data_dir / f'decisions-{settings.run_id}.db'}",
+        "score_store_url": f"sqlite:///{world.data_dir / f'scores-{settings.run_id}.db'}",
+    }
+    return settings.model_copy(update={k: v for k, v in stores.items() if k not in overrides})
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1) -> None:

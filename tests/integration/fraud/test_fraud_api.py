@@ -134,3 +134,51 @@ def test_score_answers_within_budget_when_the_broker_stops(fraud_world, kit, tmp
             )
     finally:
         own.stop()
+
+
+def test_score_rejects_what_it_cannot_score_and_answers_a_retry_with_the_first_answer(
+    fraud_world, broker, kit, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """4xx with a message for ids beyond 64 bits and times outside the window (a 1e30 timestamp was a plain-text
+    500; a far-future one rebuilt every feature table); the same tx_id three times is one decision, across a
+    restart of the server too; a tx_id reused for another transaction is a 409."""
+    settings = kit.make_settings(
+        fraud_world, broker, history_path=fraud_world.tx_path, warm_until_s=fraud_world.replay_start_s
+    )
+    create_topics(settings, fraud_topics(settings))
+    body = _body(fraud_world, 3)
+    with (
+        ServerProcess("systems.fraud.serve:create_app", env=settings.to_env(), log_path=tmp_path / "api.log") as srv,
+        httpx.Client(base_url=srv.url, timeout=10) as client,
+    ):
+        cases = {
+            "ts_s": {**body, "ts_s": 1e30},
+            "tx_id": {**body, "tx_id": 2**63},
+            "customer_id": {**body, "customer_id": -1},
+            "amount": {**body, "amount": 1e300},
+        }
+        for field, bad in cases.items():
+            r = client.post("/score", json=bad)
+            assert r.status_code == 422 and field in r.json()["error"]["message"], (field, r.text)
+        ahead = client.post("/score", json={**body, "tx_id": 1, "ts_s": int(body["ts_s"]) + 10 * 86_400})  # type: ignore[call-overload]
+        assert ahead.status_code == 422 and "ahead of the stream clock" in ahead.json()["error"]["message"]
+        behind = client.post("/score", json={**body, "tx_id": 2, "ts_s": int(body["ts_s"]) - 60 * 86_400})  # type: ignore[call-overload]
+        assert behind.status_code == 422 and "behind" in behind.json()["error"]["message"]
+
+        answers = [client.post("/score", json=body) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 200]
+        assert answers[0].content == answers[1].content == answers[2].content
+        other = client.post("/score", json={**body, "amount": float(body["amount"]) + 1})  # type: ignore[arg-type]
+        assert other.status_code == 409 and other.json()["error"]["message"].startswith(f"tx_id {body['tx_id']}")
+        kit.wait_for(
+            lambda: (
+                re.search(r'published_total\{system="fraud"\} 1\.0$', client.get("/metrics").text, re.M) is not None
+            ),
+            20,
+            "one prediction record for the three requests",
+        )
+        # the rejected far-future time did not move the clock: the next transaction of the stream is scored
+        assert client.post("/score", json=_body(fraud_world, 4)).status_code == 200
+    with ServerProcess("systems.fraud.serve:create_app", env=settings.to_env(), log_path=tmp_path / "api.log") as srv:
+        again = httpx.post(f"{srv.url}/score", json=body, timeout=10)
+        assert again.status_code == 200 and again.content == answers[0].content  # from the store, after a restart

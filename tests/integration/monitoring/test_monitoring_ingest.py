@@ -234,3 +234,43 @@ def test_bench_ingest_measures_records_per_second_through_the_broker(mon_setting
     print(f"ingest: {out['records_per_s']:.0f} records/s, decode {out['decode_us']} (loadavg {out['loadavg_after']})")
     assert out["records"] == 20_000 and out["records_per_s"] > 1000
     assert out["decode_us"]["fast_us"] > 0 and out["windows_closed"] >= 1
+
+
+def test_no_poison_message_stops_the_ingest_and_none_is_lost(
+    mon_settings: MonitoringSettings, producer: Producer
+) -> None:
+    """The common poison corpus on both record topics: each is dead-lettered or ingested, the members stay up,
+    and the good records after them are processed."""
+    import json
+
+    from systems.common.poison import PRODUCER_MAX_BYTES, poison_corpus
+
+    s = mon_settings
+    valid_prediction = json.loads(prediction("ok", T0))
+    valid_label = json.loads(chargeback("ok", 1, T0 + S))
+    poison = {
+        s.predictions_topic: poison_corpus(valid_prediction),
+        s.labels[0]: poison_corpus(valid_label),
+    }
+    big = make_producer(s, **{"message.max.bytes": PRODUCER_MAX_BYTES})  # to send the 3 MB one at all
+    state = MonitorState.from_settings(s, references={})
+    with ingesting(s, state):
+        for topic, corpus in poison.items():
+            send(big, topic, [value for _, value in corpus])
+        send(producer, s.predictions_topic, [prediction("after-1", T0 + 2 * S), prediction("after-2", T0 + 3 * S)])
+        n_pred, n_label = len(poison[s.predictions_topic]), len(poison[s.labels[0]])
+
+        def accounted() -> bool:
+            c = state.counters
+            return (
+                c.predictions + c.prediction_dead_letters == n_pred + 2 and c.labels + c.label_dead_letters == n_label
+            )
+
+        wait_for(accounted, "every poison message dead-lettered or ingested, and the good ones after", 60)
+    big.close()
+    c = state.counters
+    assert c.prediction_dead_letters >= len(poison[s.predictions_topic]) // 2, c  # most of them are refused
+    assert c.label_dead_letters >= len(poison[s.labels[0]]) // 2, c
+    letters = _read_dead_letters(s, s.predictions_topic, c.prediction_dead_letters)
+    assert len(letters) == c.prediction_dead_letters  # each one is on the dead-letter topic, with its reason
+    assert all(d.reason and len(d.value) <= 16_384 for d in letters)  # bounded copies: dead-lettering never fails

@@ -142,3 +142,29 @@ def _dead_letters(settings: TextclfSettings, n: int) -> list[dict[str, Any]]:
         consumer.close()
     assert len(got) == n, got
     return got
+
+
+def test_no_poison_example_stops_the_collector(collect_settings) -> None:
+    """The common poison corpus (built from one valid example) before ten good ones: every poison message is
+    dead-lettered or collected as the schema allows, the collector keeps running, and every good one lands."""
+    from systems.common.poison import PRODUCER_MAX_BYTES, poison_corpus
+
+    s = collect_settings
+    split = make_batches(tiny_corpus(), CONFIG, golden_fraction=0.1, seed=0)
+    write_golden(split.golden, s)
+    good = canonical(split.batches[0].frame).head(10)
+    example = {"example_id": "poison-base", "text": "fine shoes", "label": "good", "slice": "shoes"}
+    corpus = poison_corpus(example)
+    producer = make_producer(s, **{"message.max.bytes": PRODUCER_MAX_BYTES})
+    for _, value in corpus:
+        producer.send(s.labeled_topic, value)
+    producer.close()
+    publish_labeled(s, good)
+
+    landed = lambda: set(good["example_id"]) <= set(_rows_in_files(s)["example_id"])  # noqa: E731
+    stats = _run(s, f"collector-{uuid.uuid4().hex[:6]}", until=landed)
+    assert not isinstance(stats, BaseException), stats
+    assert landed()
+    # nothing lost: each message was collected or dead-lettered (the good ten among the collected)
+    assert stats.examples + stats.dead_letters == len(corpus) + len(good), stats
+    assert stats.dead_letters >= len(corpus) // 2, stats

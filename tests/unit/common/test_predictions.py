@@ -80,6 +80,9 @@ def test_prediction_record_bounds() -> None:
     ok = {"system": "s", "model_name": "m", "model_version": "1", "prediction_id": "1", "event_ts_ms": 1}
     with pytest.raises(ValidationError, match="latency_ms"):
         PredictionRecord(**ok, output={}, latency_ms=float("inf"))
+    with pytest.raises(ValidationError, match="latency_ms"):  # finite, but no latency: a broken clock
+        PredictionRecord(**ok, output={}, latency_ms=1e30)
+    assert PredictionRecord(**ok, output={}, latency_ms=3_600_000.0).latency_ms == 3_600_000.0  # an hour's backlog
     with pytest.raises(ValidationError, match="event_ts_ms"):
         PredictionRecord(**{**ok, "event_ts_ms": 10**30}, output={}, latency_ms=1)
     with pytest.raises(ValidationError, match="prediction_id"):

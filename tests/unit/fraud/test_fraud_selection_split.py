@@ -63,3 +63,14 @@ def test_test_period_stays_the_handbooks(frame: pd.DataFrame) -> None:
     val = validation_config(cfg).periods()
     assert val["scored"] == [115, 121] and val["fit"][0] == 99
     assert cfg.delay_days == LABEL_DELAY_DAYS
+
+
+def test_the_protocol_fits_the_data_or_says_how_many_days_it_needs() -> None:
+    from systems.common.errors import MlsdError
+    from systems.fraud.train import SplitConfig, split_for_days
+
+    assert split_for_days(183) == SplitConfig()  # the handbook's days, as published
+    small = split_for_days(60)  # the small preset: the same lengths, ending on the last day
+    assert small.periods()["scored"][1] == 59 and small.train_days == SplitConfig().train_days
+    with pytest.raises(MlsdError, match="needs at least 37"):
+        split_for_days(20)

@@ -337,3 +337,30 @@ def test_unpacking_a_vocabulary_lets_other_threads_run_where_unpickling_a_dict_d
     chunked = min(longest_wait(lambda: _unpack_vocabulary(*packed, chunk=1024)) for _ in range(3))
     assert as_dict > 0.03  # one C call holding the GIL: the ticker waits for all of it
     assert chunked < as_dict / 3, (chunked, as_dict)
+
+
+def test_a_grid_of_c_gives_the_same_model_to_the_bit() -> None:
+    """Several C on a corpus big enough for each fit to take a while: the fits must not disturb each other.
+    (liblinear draws its coordinate order from the C library's one global rand(); fitted side by side on
+    threads, the same rows gave other coefficients in every try.)"""
+    import pandas as pd
+
+    from systems.mlops_textclf.train import TfidfConfig
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=3000)
+    docs = [rng.integers(0, 3000, 30) for _ in range(4000)]
+    positive = np.array([weights[d].sum() + rng.normal(scale=3) > 0 for d in docs])
+    rows = pd.DataFrame(
+        {
+            "example_id": [str(i) for i in range(len(docs))],
+            "text": [" ".join(f"w{j}" for j in d) for d in docs],
+            "label": np.where(positive, "pos", "neg"),
+            "slice": "all",
+        }
+    )
+    config = TfidfConfig(char_ngrams=None, min_df=1, max_features=None, c_grid=(0.5, 2.0, 8.0, 32.0))
+    first, sel1 = fit_classifier(rows, config, classes=("neg", "pos"))
+    second, sel2 = fit_classifier(rows, config, classes=("neg", "pos"))
+    assert first.head.coef_.tobytes() == second.head.coef_.tobytes()
+    assert sel1 == sel2
