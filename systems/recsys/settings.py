@@ -37,6 +37,9 @@ class RecsysSettings(MlsdSettings):
 
     stream_in_api: bool = False
     """Run the stream processor inside the API process (``mlsd recsys up``): readiness then includes it."""
+    stream_health_port: int | None = None
+    """``python -m systems.recsys.stream`` serves ``/readyz`` (503 until its group has assigned it and a poll has
+    been handled), ``/healthz`` and ``/metrics`` on this port (compose's healthcheck); None = no port."""
     events_topic: str = "recsys.browse-events"
     exposures_topic: str = "recsys.exposures"
     session_keep: int = Field(default=50, ge=1, le=500)

@@ -228,15 +228,42 @@ class StreamSupervisor(threading.Thread):
 
 
 def main() -> None:
-    """Run until interrupted; a failure exits non-zero (the orchestrator restarts the process)."""
+    """Run until interrupted; a failure exits non-zero (the orchestrator restarts the process). With
+    ``stream_health_port`` set, ``/readyz`` answers 200 once the group has assigned this processor its partitions
+    and a poll has been handled, 503 with the reason before."""
+    import signal
+
+    from systems.common.broker import serve_health
+
     logging.basicConfig(level=logging.INFO)
     settings = RecsysSettings()
     settings.ensure_dirs()
     stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    joined, handled = threading.Event(), threading.Event()
+    server = None
+    if settings.stream_health_port is not None:
+
+        def reason() -> str:
+            if not joined.is_set():
+                return "waiting for the consumer group to assign partitions"
+            return "" if handled.is_set() else "first poll not handled yet"
+
+        server = serve_health(
+            host=settings.host, port=settings.stream_health_port, ready=lambda: not reason(), reason=reason
+        )
+
+    def tick() -> None:
+        if joined.is_set():
+            handled.set()
+
     try:
-        run_stream_processor(settings, stop)
+        run_stream_processor(settings, stop, on_ready=joined.set, on_tick=tick)
     except KeyboardInterrupt:
         stop.set()
+    finally:
+        if server is not None:
+            server.shutdown()
 
 
 if __name__ == "__main__":

@@ -136,3 +136,40 @@ def test_up_runs_again_after_kill_9(shop: Shop, tmp_path: Path) -> None:
                 proc.kill()
         for pid in _broker_pids(bport):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_the_standalone_processor_answers_readyz_once_assigned_and_a_sent_event_lands(
+    shop: Shop, tmp_path: Path
+) -> None:
+    """``python -m systems.recsys.stream`` (compose's recsys-stream) serves /readyz on its health port: 200 only
+    once its group has assigned it and a poll was handled — and then an event sent is in the store; SIGTERM stops
+    it cleanly (exit 0)."""
+    from systems.recsys.feature_store import SessionReader, ensure_store
+
+    s = shop.settings.scoped()
+    port = free_port()
+    env = {**os.environ, **api_env(s), "MLSD_RECSYS_STREAM_HEALTH_PORT": str(port)}
+    with (tmp_path / "stream.log").open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "systems.recsys.stream"], env=env, stdout=out, stderr=out)
+    try:
+        wait_http_ok(f"http://127.0.0.1:{port}/readyz", timeout_s=120, proc=proc)
+        user = "readyz-shopper"
+        item = shop.log.items.ids[0]
+        producer = make_producer(s)
+        publish(
+            producer,
+            s.events_topic,
+            BrowseEvent(user_id=user, item_id=item, event_type="view", ts_ms=int(time.time() * 1000)),
+            key=user,
+        )
+        producer.flush(10)
+        reader = SessionReader(ensure_store(s))
+        deadline = time.monotonic() + 30
+        while str(item) not in reader.read(user) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert str(item) in reader.read(user)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
