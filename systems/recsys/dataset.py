@@ -36,16 +36,20 @@ _INT_TEXT = re.compile(r"-?[0-9]{1,19}")
 or reads as another number), at most 19 of them (a 64-bit id)."""
 
 
-def _not_a_bool(value: Any) -> Any:
-    """JSON ``true`` is not the id 1 (lax validation reads a boolean as an integer; strict would refuse ``5.0``,
-    which JSON Schema calls an integer)."""
+def _a_number(value: Any) -> Any:
+    """The integer branch takes numbers only: JSON ``true`` is not the id 1 (lax validation reads a boolean as an
+    integer; strict would refuse ``5.0``, which JSON Schema calls an integer), and JSON text stays a text id —
+    else a text of 129 zeros, too long for the text branch, would be read as the integer 0. (``IdMap`` maps the
+    text "42" to the integer id 42; a query string's digits are made integers where the query is read.)"""
     if isinstance(value, bool):
         raise ValueError("a boolean is not an id")
+    if isinstance(value, str):
+        raise ValueError("text is a text id")
     return value
 
 
 PublicId = (
-    Annotated[int, Field(ge=0, le=MAX_INT_ID), BeforeValidator(_not_a_bool)]
+    Annotated[int, Field(ge=0, le=MAX_INT_ID), BeforeValidator(_a_number)]
     | Annotated[str, Field(pattern=ID_PATTERN, max_length=128)]
 )
 

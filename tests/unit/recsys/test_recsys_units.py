@@ -99,6 +99,7 @@ def test_browse_event_schema_bounds_what_it_accepts() -> None:
         {"user_id": True},  # JSON true is not the id 1
         {"item_id": "a\x00b"},
         {"item_id": "x" * 129},
+        {"item_id": "0" * 129},  # too long for a text id, and text is never read as the integer 0
         {"ts_ms": 10**30},
         {"colour": "red"},
     ):
@@ -106,6 +107,7 @@ def test_browse_event_schema_bounds_what_it_accepts() -> None:
             BrowseEvent.model_validate(ok | bad)
     with pytest.raises(ValidationError):
         BrowseEvent.model_validate_json(b'{"user_id": 1, "item_id": 2, "event_type": "view", "ts_ms": 1e30}')
+    assert BrowseEvent.model_validate(ok | {"user_id": "42"}).user_id == "42"  # JSON text stays a text id
 
 
 def test_event_times_outside_the_window_are_refused() -> None:
