@@ -40,7 +40,7 @@ from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from systems.common.errors import MlsdError
-from systems.common.proc import port_open, stop_pid
+from systems.common.proc import die_with_parent, port_open, stop_pid
 from systems.common.settings import MlsdSettings
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,14 @@ def wait_broker_ready(bootstrap: str, timeout_s: float = 20.0) -> None:
 class LocalBroker:
     """A tansu broker subprocess on 127.0.0.1 (in-memory storage). Use as a context manager."""
 
-    def __init__(self, port: int, log_path: Path | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, port: int, log_path: Path | None = None, host: str = "127.0.0.1", *, die_with_parent: bool = False
+    ) -> None:
         self.host = host
         self.port = port
         self.log_path = log_path
+        self.die_with_parent = die_with_parent
+        """Kill the broker when the process that started it dies, however it dies (``mlsd <system> up``)."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -127,7 +131,13 @@ class LocalBroker:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             out = self.log_path.open("ab")
         # A new session, so a Ctrl-C in the terminal that started `mlsd broker up` does not kill the broker.
-        self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent() if self.die_with_parent else None,
+        )
         if out is not subprocess.DEVNULL:
             out.close()  # the child holds its own descriptor
         try:

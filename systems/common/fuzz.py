@@ -25,6 +25,10 @@ class FuzzFailure:
     status: int | None
     check: str
     message: str
+    request: str = ""
+    """What was sent (method, path, query, body; truncated): enough to replay the finding."""
+    response: str = ""
+    """The start of the answer's body."""
 
 
 @dataclass
@@ -138,8 +142,23 @@ def _fuzz_operation(
                         status=response.status_code,
                         check=getattr(failure, "title", type(failure).__name__),
                         message=text[:600],
+                        request=_describe(case)[:600],
+                        response=response.text[:300],
                     )
                 )
 
     with contextlib.suppress(hypothesis.errors.Unsatisfiable):  # nothing to make invalid in this mode
         run()
+
+
+def _describe(case: Any) -> str:
+    """``METHOD /path?query body`` of a generated case."""
+    import json
+
+    parts = [f"{case.method.upper()} {case.formatted_path}"]
+    if case.query:
+        parts.append(f"query={json.dumps(case.query, default=repr)}")
+    body = getattr(case, "body", None)
+    if body is not None and type(body).__name__ != "NotSet":
+        parts.append(f"body={json.dumps(body, default=repr)}")
+    return " ".join(parts)

@@ -75,7 +75,12 @@ class ErrorBody(BaseModel):
 # they are in every operation's OpenAPI entry with the real body: a client generated from the schema, or a
 # fuzzer checking responses against it, sees what the server really sends.
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "The body could not be read"},
+    400: {
+        "model": ErrorBody,
+        "description": "The request could not be read: the app's JSON error for a body it cannot parse, or the HTTP "
+        "server's own plain-text answer to a request line it cannot parse (control characters, over its size limit)",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
     413: {"model": ErrorBody, "description": "The body is over the size limit (chunked bodies too)"},
     422: {"model": ErrorBody, "description": "Validation error: the message names the field"},
     500: {"model": ErrorBody, "description": "Internal error (a bug: the request is not retried for you)"},

@@ -1,2 +1,3 @@
-"""Real-time e-commerce recommendations: two-tower + content + popularity candidates, attention ranker,
-Feast features, Kafka browse events, FastAPI serving and an A/B experiment. See README.md."""
+"""Real-time e-commerce recommendations: tuned peers (popularity … EASE, ALS/BPR, SASRec) and a LightGBM ranker
+over their candidates, a validation gate that picks which one is served, the registered champion behind FastAPI,
+each shopper's live session from Kafka browse events through Feast, and an A/B experiment. See README.md."""

@@ -10,29 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(no_args_is_help=True, help="Real-time recommendations: two-tower + ranker, Feast, Kafka, A/B.")
-console = Console()
-
-QUALITY_MODELS = (
-    "popularity",
-    "trending",
-    "implicit_als",
-    "implicit_bpr",
-    "two_tower",
-    "full_pipeline",
-    "lgbm_pipeline",
+app = typer.Typer(
+    no_args_is_help=True, help="Real-time recommendations: tuned peers + LightGBM ranker, Feast, Kafka, A/B."
 )
-
-
-def quality_table(quality: dict[str, dict[str, float]]) -> Table:
-    t = Table(title="offline quality (temporal split, full ranking)")
-    for col in ("model", "recall@10", "recall@50", "ndcg@10", "coverage@10"):
-        t.add_column(col)
-    for name in QUALITY_MODELS:
-        if name in quality:
-            m = quality[name]
-            t.add_row(name, *(f"{m[c]:.4f}" for c in ("recall@10", "recall@50", "ndcg@10", "coverage@10")))
-    return t
+console = Console()
 
 
 def study_table(name: str, rep: dict[str, Any]) -> Table:
@@ -55,28 +36,21 @@ def study_table(name: str, rep: dict[str, Any]) -> Table:
 def train(
     dataset: Annotated[str, typer.Option(help="interaction log: movielens-100k, movielens-1m or synthetic")] = "",
     quick: Annotated[bool, typer.Option(help="the CI preset: small grids, few epochs")] = False,
-    legacy: Annotated[bool, typer.Option(help="train the two-tower + ranker artefacts and Feast tables")] = False,
-    users: Annotated[int, typer.Option(help="legacy only: train on a random slice of N users (0 = all)")] = 0,
 ) -> None:
     """Study every model on validation, serve the gate's winner: refit on all data, register, alias champion."""
     import logging
 
+    from systems.recsys.dataset import ADAPTERS
     from systems.recsys.settings import RecsysSettings
 
     logging.basicConfig(level=logging.WARNING)
     settings = RecsysSettings()
-    if legacy:
-        from systems.recsys.train import TrainConfig, cpu_debug, train_and_publish
-
-        cfg = cpu_debug() if quick else TrainConfig()
-        if users:
-            cfg.n_users = users
-        res = train_and_publish(settings, cfg)
-        console.print(quality_table(res.quality))
-        console.print({k: round(v, 1) for k, v in res.timings_s.items()})
-        return
-    version, report = train_registered(settings, dataset or settings.dataset, quick=quick)
-    console.print(study_table(dataset or settings.dataset, report))
+    name = dataset or settings.dataset
+    if name not in ADAPTERS:
+        console.print(f"unknown dataset {name!r}; known: {', '.join(ADAPTERS)}")
+        raise typer.Exit(2)
+    version, report = train_registered(settings, name, quick=quick)
+    console.print(study_table(name, report))
     console.print(
         f"served: [bold]{report['served']['name']}[/] (gate: best validation NDCG@10), "
         f"registered as {settings.model_name} version {version} (alias champion)"
@@ -107,44 +81,38 @@ def up(
     port: Annotated[int, typer.Option(help="API port (default: settings api_port 8001)")] = 0,
     broker: Annotated[bool, typer.Option(help="start a local tansu broker (off when Kafka runs elsewhere)")] = True,
 ) -> None:
-    """Start the broker, the stream processor and the API; Ctrl-C stops all three."""
-    import threading
+    """The broker, the API and (inside it) the stream processor; Ctrl-C stops all of them.
 
+    A broker already answering on the port (one left by a killed run, or ``mlsd broker up``) is reused; a broker
+    this command starts dies with it, even on ``kill -9``.
+    """
     import uvicorn
 
-    from systems.common.broker import LocalBroker
+    from systems.common.broker import BrokerError, LocalBroker, wait_broker_ready
+    from systems.common.proc import port_open
     from systems.recsys.serve import create_app
     from systems.recsys.settings import RecsysSettings
-    from systems.recsys.stream import run_stream_processor
 
-    settings = RecsysSettings()
+    settings = RecsysSettings(stream_in_api=True)
     settings.ensure_dirs()
-    if settings.serve_model == "registry":
-        console.print(f"API on http://{settings.host}:{port or settings.api_port}/recommend (registered champion)")
-        uvicorn.run(create_app(settings), host=settings.host, port=port or settings.api_port, log_level="warning")
-        return
-    if not (settings.model_dir / "meta.json").exists():
-        console.print("no trained model: run `mlsd recsys train --legacy` first")
-        raise typer.Exit(1)
     local = None
     if broker:
-        bport = int(settings.kafka_bootstrap.rsplit(":", 1)[1])
-        local = LocalBroker(port=bport, log_path=settings.recsys_dir / "broker.log")
-        local.start()
-    stop, ready = threading.Event(), threading.Event()
-    th = threading.Thread(target=run_stream_processor, args=(settings, stop), kwargs={"ready": ready}, daemon=True)
-    th.start()
-    if not ready.wait(60):
-        console.print("the stream processor did not join its consumer group within 60 s")
-        raise typer.Exit(1)
-    console.print(
-        f"API on http://{settings.host}:{port or settings.api_port}/recommend  events topic {settings.events_topic}"
-    )
+        host, bport = settings.kafka_bootstrap.rsplit(":", 1)
+        if port_open(host, int(bport)):
+            try:
+                wait_broker_ready(settings.kafka_bootstrap, timeout_s=5)
+            except BrokerError:
+                console.print(f"port {bport} is in use by something that is not a Kafka broker: free it first")
+                raise typer.Exit(1) from None
+            console.print(f"reusing the Kafka broker already on {settings.kafka_bootstrap}")
+        else:
+            local = LocalBroker(port=int(bport), log_path=settings.recsys_dir / "broker.log", die_with_parent=True)
+            local.start()
+    api_port = port or settings.api_port
+    console.print(f"API on http://{settings.host}:{api_port}/recommend  events topic {settings.events_topic}")
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=port or settings.api_port, log_level="warning")
+        uvicorn.run(create_app(settings), host=settings.host, port=api_port, log_level="warning")
     finally:
-        stop.set()
-        th.join(timeout=10)
         if local is not None:
             local.stop()
 
@@ -154,77 +122,105 @@ def bench(
     out: Annotated[
         Path | None, typer.Option(help="JSON report (a PNG beside it); default: systems/recsys/bench/recsys.json")
     ] = None,
-    catalogue: Annotated[int, typer.Option(help="catalogue size for ANN and serving")] = 1_000_000,
-    rates: Annotated[str, typer.Option(help="offered request rates")] = "50,100,200,300",
-    duration: Annotated[float, typer.Option(help="seconds per rate")] = 15.0,
+    only: Annotated[
+        str, typer.Option(help="comma list of quality,abtest,serving,freshness,poison,chaos,fuzz ('' = all)")
+    ] = "",
+    rates: Annotated[
+        str, typer.Option(help="offered request rates of the serving section")
+    ] = "100,200,300,400,500,600",
+    duration: Annotated[float, typer.Option(help="seconds per rate and run")] = 10.0,
+    repeats: Annotated[int, typer.Option(help="runs per rate (the median is reported)")] = 3,
+    workers: Annotated[int, typer.Option(help="uvicorn workers of the serving run")] = 2,
     freshness_n: Annotated[int, typer.Option(help="freshness trials")] = 30,
-    retrain: Annotated[bool, typer.Option(help="retrain even if a model exists")] = False,
-    workers: Annotated[int, typer.Option(help="uvicorn workers for the serving run")] = 2,
-    reuse_index: Annotated[bool, typer.Option(help="reuse the saved 1M-item ANN index and sweep if present")] = False,
-    only: Annotated[str, typer.Option(help="comma list of quality,ann,serving,freshness,abtest ('' = all)")] = "",
     datasets: Annotated[
         str, typer.Option(help="interaction logs for the quality study (movielens-100k, movielens-1m, synthetic)")
     ] = "movielens-100k,movielens-1m",
 ) -> None:
-    """Quality, ANN recall/QPS at scale, serving latency under open-loop load, freshness."""
+    """Quality (+ A/B), serving latency under open-loop load next to the no-op ceiling, freshness, faults."""
     import logging
 
     from systems.recsys.bench import run_bench
     from systems.recsys.settings import RecsysSettings
 
-    logging.basicConfig(level=logging.INFO)
+    logging.basicConfig(level=logging.WARNING)
+    known = {"quality", "abtest", "serving", "freshness", "poison", "chaos", "fuzz"}
+    picked = {x.strip() for x in only.split(",") if x.strip()}
+    if picked - known:
+        console.print(f"unknown sections {sorted(picked - known)}; known: {', '.join(sorted(known))}")
+        raise typer.Exit(2)
     res = run_bench(
         RecsysSettings(),
         out,
-        catalogue=catalogue,
-        rates=[int(r) for r in rates.split(",")],
+        rates=tuple(int(r) for r in rates.split(",")),
         duration_s=duration,
-        freshness_n=freshness_n,
-        retrain=retrain,
+        repeats=repeats,
         workers=workers,
-        reuse_index=reuse_index,
-        only={x.strip() for x in only.split(",") if x.strip()} or None,
+        freshness_n=freshness_n,
+        only=picked or None,
         quality_datasets=tuple(d.strip() for d in datasets.split(",") if d.strip()),
     )
     for name, rep in res.get("quality", {}).items():
         if isinstance(rep, dict) and "models" in rep:
             console.print(study_table(name, rep))
-    if "ann" in res:
-        console.print({"ann": {k: res["ann"][k] for k in ("index", "param", "value", "qps", "recall@10")}})
-        serving = res["serving"].items()
-        console.print({r: v["latency_ms"] for r, v in serving if isinstance(v, dict) and "latency_ms" in v})
-        console.print({"freshness_ms": res["freshness_ms"]})
-    if "abtest" in res:
-        console.print_json(json.dumps({k: v for k, v in res["abtest"].items() if k != "provenance"}, default=float))
+    if "serving" in res:
+        sv = res["serving"]
+        rows = {
+            r: (v["latency_ms"]["p99"], v["extra"].get("server_cpu_ms_per_request"))
+            for r, v in sv.items()
+            if r.isdigit()
+        }
+        console.print({"p99 ms, server CPU ms per request": rows, "max_rps_p99_50ms": sv["max_rps_p99_50ms"]})
+    for key in ("freshness_ms", "poison", "chaos", "fuzz"):
+        if key in res:
+            console.print({key: {k: v for k, v in res[key].items() if k != "provenance"}})
 
 
 @app.command()
 def abtest(
     experiment: Annotated[str, typer.Option(help="experiment name (salts the assignment hash)")] = "ranker-v1",
-    variants: Annotated[str, typer.Option(help="rankers, control first")] = "lgbm,deep",
+    variants: Annotated[str, typer.Option(help="arms, control first: pipeline or a peer's name")] = "pipeline,covisit",
+    dataset: Annotated[str, typer.Option(help="interaction log whose test stage is the world")] = "movielens-100k",
+    quick: Annotated[bool, typer.Option(help="the study's CI preset (minutes less, a weaker model)")] = False,
     requests_per_user: Annotated[int, typer.Option()] = 4,
     guardrail_ms: Annotated[float, typer.Option(help="p99 latency guardrail")] = 50.0,
     out: Annotated[Path | None, typer.Option(help="write the analysis JSON here")] = None,
-    inject_latency: Annotated[str, typer.Option(help="VARIANT:MS, a deliberately slow variant (guardrail demo)")] = "",
+    inject_latency: Annotated[str, typer.Option(help="ARM:MS, a deliberately slow arm (guardrail demo)")] = "",
 ) -> None:
-    """Simulated experiment on held-out future interactions: CTR + CI, z-test, SRM, latency guardrail."""
-    from systems.recsys.experiment import run_simulated_experiment
-    from systems.recsys.settings import RecsysSettings
+    """Simulated experiment on the study's test stage: CTR + CI, z-test, SRM, latency guardrail."""
+    import torch
+    from threadpoolctl import threadpool_limits
 
-    res = run_simulated_experiment(
-        RecsysSettings(),
+    from systems.recsys.bench import bench_abtest
+    from systems.recsys.dataset import load_log
+    from systems.recsys.settings import RecsysSettings
+    from systems.recsys.study import StudyConfig, ci_preset, run_study
+
+    settings = RecsysSettings()
+    settings.ensure_dirs()
+    extra = None
+    if inject_latency:
+        arm, _, ms = inject_latency.partition(":")
+        try:
+            extra = {arm: float(ms)}
+        except ValueError:
+            console.print(f"--inject-latency wants ARM:MS, got {inject_latency!r}")
+            raise typer.Exit(2) from None
+    torch.set_num_threads(1)
+    with threadpool_limits(1), console.status(f"studying {dataset} (the experiment's world)"):
+        res = run_study(load_log(dataset, settings), ci_preset() if quick else StudyConfig())
+    analysis = bench_abtest(
+        settings,
+        res,
         name=experiment,
-        variants=tuple(variants.split(",")),
+        variants=tuple(v.strip() for v in variants.split(",")),
         requests_per_user=requests_per_user,
         guardrail_ms=guardrail_ms,
-        extra_latency_ms={inject_latency.split(":")[0]: float(inject_latency.split(":")[1])}
-        if inject_latency
-        else None,
+        extra_latency_ms=extra,
     )
-    console.print_json(json.dumps(res, default=float))
+    console.print_json(json.dumps(analysis, default=float))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2, default=float))
+        out.write_text(json.dumps(analysis, indent=2, default=float))
 
 
 @app.command()
@@ -245,8 +241,8 @@ def demo(
         console.print(f"no registered model: training the quick preset on {settings.dataset} ...")
         train_registered(settings, settings.dataset, quick=True)
         model = load_champion(settings.model_name, settings)
-    uid: Any = int(user_id) if user_id.isdigit() else user_id
-    items: list[Any] = [int(x) if x.isdigit() else x for x in session.split(",") if x]
+    uid: Any = int(user_id) if user_id.isascii() and user_id.isdigit() else user_id
+    items: list[Any] = [int(x) if x.isascii() and x.isdigit() else x for x in session.split(",") if x]
     browsing = ", ".join(model.titles[i] for i in model.items.indices(items) if i >= 0) or session
     for label, kwargs in (
         (f"user {user_id}", {"user_id": uid}),

@@ -12,17 +12,46 @@ tests). ``load_log(name)`` picks one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from pydantic import BeforeValidator, Field
 
 from systems.common.settings import MlsdSettings
 
 DAY = 86_400
+
+# Public ids at the edges (API requests, browse events): an integer in the signed 64-bit range (what stores and
+# Kafka keys can hold) or printable text up to 128 characters (MovieLens-1M's ids are titles such as
+# "American President, The (1995)"). Anything else is refused where it enters, with a message.
+MAX_INT_ID = 2**63 - 1
+ID_PATTERN = r"^[^\x00-\x1f\x7f]{1,128}$"
+_INT_TEXT = re.compile(r"-?[0-9]{1,19}")
+"""Text that is an integer id: ASCII digits only (``str.isdigit`` also accepts "³" or "٣", which ``int`` refuses
+or reads as another number), at most 19 of them (a 64-bit id)."""
+
+
+def _a_number(value: Any) -> Any:
+    """The integer branch takes numbers only: JSON ``true`` is not the id 1 (lax validation reads a boolean as an
+    integer; strict would refuse ``5.0``, which JSON Schema calls an integer), and JSON text stays a text id —
+    else a text of 129 zeros, too long for the text branch, would be read as the integer 0. (``IdMap`` maps the
+    text "42" to the integer id 42; a query string's digits are made integers where the query is read.)"""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not an id")
+    if isinstance(value, str):
+        raise ValueError("text is a text id")
+    return value
+
+
+PublicId = (
+    Annotated[int, Field(ge=0, le=MAX_INT_ID), BeforeValidator(_a_number)]
+    | Annotated[str, Field(pattern=ID_PATTERN, max_length=128)]
+)
 
 
 class UnknownDataset(ValueError):
@@ -53,10 +82,13 @@ class IdMap:
         return len(self.ids)
 
     def index_of(self, value: Any) -> int:
-        """Index of a public id, -1 when unknown. A numeric string matches an int id (query strings are text)."""
+        """Index of a public id, -1 when unknown. A numeric string matches an int id and an int a numeric string
+        id (query strings and store keys are text)."""
         i = self._index.get(value, -1)
-        if i < 0 and isinstance(value, str) and value.lstrip("-").isdigit():
+        if i < 0 and isinstance(value, str) and _INT_TEXT.fullmatch(value):
             i = self._index.get(int(value), -1)
+        elif i < 0 and isinstance(value, int):
+            i = self._index.get(str(value), -1)
         return i
 
     def indices(self, values: Iterable[Any]) -> np.ndarray:

@@ -1,7 +1,9 @@
 """Feast definitions only (Feast's CLI imports every .py of a repo dir; keep logic out of here).
 
-Entities user and item; batch views over parquet files under ``<data_dir>/recsys/feast/data/``; one
-push-fed view (``user_realtime``) that the stream processor writes through :meth:`FeatureStore.push`.
+One entity, the shopper, keyed by the public user id *as text* (ids are opaque: integers in one log, strings in
+another), and one push-fed view, ``user_session``: the items the shopper browsed most recently, written by the
+stream processor through :meth:`FeatureStore.push` and read by the API at each request. The batch history the
+model learned from travels with the registered model; the online store holds only what happened since.
 """
 
 from __future__ import annotations
@@ -11,71 +13,25 @@ from pathlib import Path
 from typing import Any
 
 from feast import Entity, FeatureView, Field, FileSource, PushSource, ValueType
-from feast.types import Array, Float32, Int64
+from feast.types import Array, Int64, String
 
-PUSH_SOURCE = "user_realtime_push"
-USER_FEATURES = [
-    "user_profile:age_bucket",
-    "user_profile:gender_code",
-    "user_profile:occupation_code",
-    "user_activity:n_interactions",
-    "user_activity:recent_items",
-    "user_realtime:session_items",
-    "user_realtime:last_event_ms",
-    "user_realtime:session_vector",
-]
-ITEM_FEATURES = ["item_stats:pop_all", "item_stats:pop_7d", "item_stats:mean_rating"]
+PUSH_SOURCE = "user_session_push"
+SESSION_VIEW = "user_session"
+SESSION_FEATURES = [f"{SESSION_VIEW}:session_items", f"{SESSION_VIEW}:last_event_ms"]
 
 
 def definitions(data_dir: Path) -> list[Any]:
-    """The objects to ``store.apply``; parquet paths live under ``data_dir``."""
-    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.INT64, description="shopper")
-    item = Entity(name="item", join_keys=["item_id"], value_type=ValueType.INT64, description="product")
-
-    def src(name: str) -> FileSource:
-        return FileSource(
-            name=f"{name}_source", path=str(data_dir / f"{name}.parquet"), timestamp_field="event_timestamp"
-        )
-
-    user_profile = FeatureView(
-        name="user_profile",
-        entities=[user],
-        ttl=timedelta(days=0),  # 0 = never expires: demographics do not age
-        schema=[
-            Field(name="age_bucket", dtype=Int64),
-            Field(name="gender_code", dtype=Int64),
-            Field(name="occupation_code", dtype=Int64),
-        ],
-        source=src("user_profile"),
+    """The objects to ``store.apply``; the push source's (empty) parquet file lives under ``data_dir``."""
+    user = Entity(name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="shopper")
+    batch = FileSource(
+        name=f"{SESSION_VIEW}_source", path=str(data_dir / f"{SESSION_VIEW}.parquet"), timestamp_field="event_timestamp"
     )
-    user_activity = FeatureView(
-        name="user_activity",
+    push = PushSource(name=PUSH_SOURCE, batch_source=batch)
+    session = FeatureView(
+        name=SESSION_VIEW,
         entities=[user],
-        ttl=timedelta(days=0),
-        schema=[Field(name="n_interactions", dtype=Int64), Field(name="recent_items", dtype=Array(Int64))],
-        source=src("user_activity"),
-    )
-    item_stats = FeatureView(
-        name="item_stats",
-        entities=[item],
-        ttl=timedelta(days=0),
-        schema=[
-            Field(name="pop_all", dtype=Float32),
-            Field(name="pop_7d", dtype=Float32),
-            Field(name="mean_rating", dtype=Float32),
-        ],
-        source=src("item_stats"),
-    )
-    push = PushSource(name=PUSH_SOURCE, batch_source=src("user_realtime"))
-    user_realtime = FeatureView(
-        name="user_realtime",
-        entities=[user],
-        ttl=timedelta(days=0),
-        schema=[
-            Field(name="session_items", dtype=Array(Int64)),
-            Field(name="last_event_ms", dtype=Int64),
-            Field(name="session_vector", dtype=Array(Float32)),
-        ],
+        ttl=timedelta(days=0),  # 0 = never expires: the stream processor bounds a session's length itself
+        schema=[Field(name="session_items", dtype=Array(String)), Field(name="last_event_ms", dtype=Int64)],
         source=push,
     )
-    return [user, item, user_profile, user_activity, item_stats, push, user_realtime]
+    return [user, push, session]

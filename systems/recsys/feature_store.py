@@ -1,26 +1,21 @@
-"""The Feast feature store: offline parquet tables, the online store (sqlite or Redis), reads and pushes.
+"""The online feature store (Feast): each shopper's live session, written by the stream, read by the API.
 
-Programmatic config (no feature_store.yaml): registry, sqlite file and parquet tables all live under
-``<data_dir>/recsys/feast``. Feast imports slowly (5-7 s), so this module imports it inside functions.
+Programmatic config (no feature_store.yaml): registry, sqlite file and the push source's parquet all live under
+``<data_dir>/recsys/feast``; the online store is sqlite there (embedded) or Redis (compose). Feast imports
+slowly (5-7 s), so this module imports it inside functions.
 
-Public ids (``user_id``, ``item_id``) are the MovieLens ids; internally ``*_idx = id - 1``.
+Keys are public ids as text: ``"42"`` for an integer id, the id itself for a string one. Item ids are stored as
+text too; the API maps them back through the model's id table (``IdMap.index_of`` accepts either form).
 """
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from systems.recsys.data import Catalogue
-from systems.recsys.features import DAY, ItemStatsSnapshots, age_bucket
 from systems.recsys.settings import RecsysSettings
-
-HISTORY_KEEP = 200  # items kept in user_activity.recent_items (also the seen-filter of the API)
 
 
 def data_path(settings: RecsysSettings) -> Path:
@@ -60,97 +55,108 @@ def open_store(settings: RecsysSettings) -> Any:
     return FeatureStore(config=repo_config(settings))
 
 
-def write_offline_tables(
-    settings: RecsysSettings, cat: Catalogue, train: pd.DataFrame, stats: ItemStatsSnapshots
-) -> dict[str, int]:
-    """Parquet sources: user_profile (static), user_activity and item_stats (daily snapshots), user_realtime (empty)."""
+def apply_definitions(settings: RecsysSettings) -> Any:
+    """Register the entity and the session view (idempotent); returns the opened store."""
+    from systems.recsys.feature_repo import SESSION_VIEW, definitions
+
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
     out = data_path(settings)
     out.mkdir(parents=True, exist_ok=True)
-    epoch = pd.Timestamp("1997-01-01", tz="UTC")
-    users = cat.users
-    profile = pd.DataFrame(
+    empty = pd.DataFrame(
         {
-            "user_id": users["user_id"].astype("int64"),
-            "age_bucket": age_bucket(users["age"].to_numpy()),
-            "gender_code": users["gender_code"].astype("int64"),
-            "occupation_code": users["occupation_code"].astype("int64"),
-            "event_timestamp": epoch,
-        }
-    )
-    profile.to_parquet(out / "user_profile.parquet")
-    # user_activity: one row per (user, active day), valid from the start of the next day (PIT: a row never
-    # contains an interaction later than its own timestamp).
-    rows = []
-    for u, g in train.groupby("user_idx"):
-        items = g["item_idx"].to_numpy() + 1
-        days = g["ts"].to_numpy() // DAY
-        last_of_day = np.flatnonzero(np.r_[days[1:] != days[:-1], True])
-        for p in last_of_day:
-            rows.append(
-                (int(u) + 1, int(p) + 1, items[max(0, p + 1 - HISTORY_KEEP) : p + 1].tolist(), int(days[p] + 1) * DAY)
-            )
-    activity = pd.DataFrame(rows, columns=["user_id", "n_interactions", "recent_items", "event_timestamp"])
-    activity["event_timestamp"] = pd.to_datetime(activity["event_timestamp"], unit="s", utc=True)
-    activity.to_parquet(out / "user_activity.parquet")
-    stats.to_frame().to_parquet(out / "item_stats.parquet")
-    realtime = pd.DataFrame(
-        {
-            "user_id": pd.Series([], dtype="int64"),
+            "user_id": pd.Series([], dtype="object"),
             "session_items": pd.Series([], dtype="object"),
             "last_event_ms": pd.Series([], dtype="int64"),
-            "session_vector": pd.Series([], dtype="object"),
             "event_timestamp": pd.Series([], dtype="datetime64[ns, UTC]"),
         }
     )
-    realtime.to_parquet(out / "user_realtime.parquet")
-    return {
-        "user_profile": len(profile),
-        "user_activity": len(activity),
-        "item_stats": len(stats.values) * stats.values.shape[1],
-    }
-
-
-def apply_and_materialize(settings: RecsysSettings, *, end: datetime | None = None) -> float:
-    """Register the definitions and load the latest batch values into the online store; returns seconds."""
-    from systems.recsys.feature_repo import definitions
-
-    t = time.perf_counter()
+    empty.to_parquet(out / f"{SESSION_VIEW}.parquet")
     store = open_store(settings)
-    store.apply(definitions(data_path(settings)))
-    store.materialize(
-        start_date=datetime(1997, 1, 1, tzinfo=UTC),
-        end_date=end or datetime.now(tz=UTC),
-        feature_views=["user_profile", "user_activity", "item_stats"],
-    )
-    return time.perf_counter() - t
+    store.apply(definitions(out))
+    if settings.online_store == "sqlite":
+        import sqlite3
+
+        # WAL: a reader never waits for a writer (the stream pushes while the API reads). Persistent in the file.
+        with sqlite3.connect(settings.feast_dir.resolve() / "online.db") as db:
+            db.execute("PRAGMA journal_mode=WAL")
+    return store
 
 
-def online_user(store: Any, user_id: int) -> dict[str, Any]:
-    """One user's online features (None values when the user is unknown)."""
-    from systems.recsys.feature_repo import USER_FEATURES
+def ensure_store(settings: RecsysSettings) -> Any:
+    """The store, with the definitions applied first when this data dir has none yet."""
+    if not (settings.feast_dir / "registry.db").exists():
+        return apply_definitions(settings)
+    return open_store(settings)
 
-    resp = store.get_online_features(features=USER_FEATURES, entity_rows=[{"user_id": int(user_id)}]).to_dict()
-    return {k: v[0] for k, v in resp.items()}
+
+def user_key(user_id: Any) -> str:
+    """The online-store key of a public user id (ints and strings alike become text)."""
+    return str(user_id)
 
 
-def push_realtime(store: Any, rows: list[dict[str, Any]]) -> None:
-    """Write user_realtime rows (user_id, session_items, last_event_ms, session_vector) through the PushSource."""
+class SessionReader:
+    """Reads one user's ``user_session`` row straight from the online store, through Feast's provider API.
+
+    ``FeatureStore.get_online_features`` resolves feature references, validates entity rows and builds a
+    columnar response for every call: 0.11 ms of CPU a read here, five times the 0.02 ms of the provider's
+    ``online_read`` on the same row (measured). The view is looked up once; Redis is read with the asyncio
+    client (:meth:`read_async`), sqlite synchronously (:meth:`read`).
+    """
+
+    def __init__(self, store: Any) -> None:
+        from systems.recsys.feature_repo import SESSION_VIEW
+
+        self.store = store
+        self.provider = store.provider
+        self.view = store.get_feature_view(SESSION_VIEW)
+        self.is_async = store.config.online_store.type == "redis"
+
+    def _keys(self, user_id: Any) -> list[Any]:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        return [EntityKey(join_keys=["user_id"], entity_values=[Value(string_val=user_key(user_id))])]
+
+    @staticmethod
+    def _items(rows: list[Any]) -> list[str]:
+        values = rows[0][1] if rows else None
+        found = values.get("session_items") if values else None
+        return list(found.string_list_val.val) if found is not None else []
+
+    def read(self, user_id: Any) -> list[str]:
+        """The user's live session items (oldest first) as stored; [] for a user with none."""
+        return self._items(
+            self.provider.online_read(self.store.config, self.view, self._keys(user_id), ["session_items"])
+        )
+
+    async def read_async(self, user_id: Any) -> list[str]:
+        rows = await self.provider.online_read_async(
+            self.store.config, self.view, self._keys(user_id), ["session_items"]
+        )
+        return self._items(rows)
+
+
+def read_session(store: Any, user_id: Any) -> list[str]:
+    """One user's session through Feast's public read API (tests and tools; the API uses :class:`SessionReader`)."""
+    from systems.recsys.feature_repo import SESSION_FEATURES
+
+    resp = store.get_online_features(features=SESSION_FEATURES, entity_rows=[{"user_id": user_key(user_id)}])
+    items = resp.to_dict()["session_items"][0]
+    return list(items) if items else []
+
+
+def push_sessions(store: Any, rows: list[dict[str, Any]]) -> None:
+    """Write sessions (``user_id``, ``session_items``, ``last_event_ms``) through the push source."""
     from feast.data_source import PushMode
 
     from systems.recsys.feature_repo import PUSH_SOURCE
 
     df = pd.DataFrame(
         {
-            "user_id": [int(r["user_id"]) for r in rows],
-            "session_items": [list(map(int, r["session_items"])) for r in rows],
+            "user_id": [user_key(r["user_id"]) for r in rows],
+            "session_items": [[str(i) for i in r["session_items"]] for r in rows],
             "last_event_ms": [int(r["last_event_ms"]) for r in rows],
-            "session_vector": [[float(x) for x in r["session_vector"]] for r in rows],
             "event_timestamp": [pd.Timestamp(int(r["last_event_ms"]), unit="ms", tz="UTC") for r in rows],
         }
     )
     store.push(PUSH_SOURCE, df, to=PushMode.ONLINE)
-
-
-def historical_features(store: Any, entity_df: pd.DataFrame, features: list[str]) -> pd.DataFrame:
-    """Point-in-time join: for each row (entity ids, event_timestamp) the latest feature row at or before it."""
-    return store.get_historical_features(entity_df=entity_df, features=features).to_df()

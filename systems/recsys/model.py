@@ -1,170 +1,19 @@
-"""Model definitions only (no loops): the two-tower retriever and the attention ranker.
+"""Model definitions only (no loops): SASRec, the sequential next-item model, and its numpy inference.
 
-Shapes: B batch, L history length, d embedding width, G genres, C content-embedding width.
-Index conventions: item embedding tables have ``n_items + 2`` rows; row ``n_items`` is the *unknown/new*
-item (its id embedding is learned from item-id dropout, so a brand-new item still gets a sensible vector
-from its genres and text) and row ``n_items + 1`` is history padding.
+Shapes: B batch, L history length (``max_len``), d embedding width, H heads. Item ids are shifted by one in the
+model's tables: row 0 of the item embedding is padding, row i + 1 is item index i.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from systems.blocks.attention import MultiHeadAttention
-
-N_AGE_BUCKETS = 8  # age // 10, clipped; + 1 unknown
-
-
-@dataclass(kw_only=True)
-class TowerConfig:
-    n_items: int
-    n_genres: int
-    content_dim: int
-    n_occupations: int
-    dim: int = 64
-    hidden: int = 128
-    temperature: float = 0.05
-    item_id_dropout: float = 0.1
-    """Fraction of training items whose id embedding is replaced by the unknown row (cold-start robustness)."""
-
-
-def user_cat_embeddings(n_occupations: int, dim: int) -> nn.ModuleList:
-    """Embeddings for the user categoricals [age_bucket, gender, occupation]; the last row of each is unknown."""
-    return nn.ModuleList(
-        [nn.Embedding(N_AGE_BUCKETS + 1, dim), nn.Embedding(3, dim), nn.Embedding(n_occupations + 1, dim)]
-    )
-
-
-class TwoTower(nn.Module):
-    """User tower over (recent history, demographics); item tower over (id, genres, text embedding).
-
-    The user tower has no user-id embedding: a user is what they did, so a click seconds ago moves the user
-    vector at the next request without retraining (the real-time path), and unseen users still embed.
-    """
-
-    def __init__(self, cfg: TowerConfig, genres: Tensor, content: Tensor) -> None:
-        super().__init__()
-        self.cfg = cfg
-        n = cfg.n_items
-        self.register_buffer("genres", genres.float())  # (n_items, G)
-        self.register_buffer("content", content.float())  # (n_items, C)
-        self.item_id = nn.Embedding(n + 2, cfg.dim, padding_idx=n + 1)
-        self.item_mlp = nn.Sequential(
-            nn.Linear(cfg.dim + cfg.n_genres + cfg.content_dim, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.dim)
-        )
-        self.hist_id = nn.Embedding(n + 2, cfg.dim, padding_idx=n + 1)
-        self.user_cats = user_cat_embeddings(cfg.n_occupations, 16)
-        self.user_mlp = nn.Sequential(
-            nn.Linear(2 * cfg.dim + 3 * 16, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, cfg.dim)
-        )
-
-    def item_features(self, item_idx: Tensor, genres: Tensor, content: Tensor) -> Tensor:
-        """Item vectors (B, d), L2-normalised, from explicit features (works for items outside the buffers)."""
-        x = torch.cat([self.item_id(item_idx), genres, content], dim=-1)
-        return F.normalize(self.item_mlp(x), dim=-1)
-
-    def item_embed(self, item_idx: Tensor, *, drop_ids: bool = False) -> Tensor:
-        """Item vectors (B, d) for catalogue items."""
-        ids = item_idx
-        if drop_ids and self.cfg.item_id_dropout > 0:
-            drop = torch.rand(ids.shape, device=ids.device) < self.cfg.item_id_dropout
-            ids = torch.where(drop, torch.full_like(ids, self.cfg.n_items), ids)
-        genres: Tensor = self.genres  # type: ignore[assignment]
-        content: Tensor = self.content  # type: ignore[assignment]
-        return self.item_features(ids, genres[item_idx], content[item_idx])
-
-    def user_embed(self, hist: Tensor, user_cats: Tensor) -> Tensor:
-        """hist (B, L) item idx (pad = n_items + 1), user_cats (B, 3) -> (B, d) L2-normalised."""
-        pad = self.cfg.n_items + 1
-        mask = (hist != pad).float().unsqueeze(-1)  # (B, L, 1)
-        h = self.hist_id(hist)  # (B, L, d)
-        mean_id = (h * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        # Content of the history too: the text space is where new items live.
-        safe = hist.clamp(max=self.cfg.n_items - 1)
-        mean_items = (self.item_id(safe) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        cats = torch.cat([emb(user_cats[:, j]) for j, emb in enumerate(self.user_cats)], dim=-1)
-        x = torch.cat([mean_id, mean_items, cats], dim=-1)
-        return F.normalize(self.user_mlp(x), dim=-1)
-
-    def in_batch_loss(self, u: Tensor, v: Tensor, item_idx: Tensor, log_q: Tensor) -> Tensor:
-        """Sampled softmax with in-batch negatives and log-Q correction.
-
-        u, v (B, d); log_q (B,) log of each item's sampling probability (its share of training interactions).
-        In-batch negatives are drawn ∝ popularity, so popular items are over-penalised as negatives; subtracting
-        log q_j from logit (i, j) makes the estimator consistent with the full softmax (Yi et al., RecSys 2019).
-        """
-        logits = u @ v.T / self.cfg.temperature - log_q[None, :]  # (B, B)
-        # The same item twice in a batch is not a negative for itself: mask those off-diagonal duplicates.
-        dup = (item_idx[:, None] == item_idx[None, :]) & ~torch.eye(len(item_idx), dtype=torch.bool, device=u.device)
-        logits = logits.masked_fill(dup, float("-inf"))
-        target = torch.arange(len(item_idx), device=u.device)
-        return F.cross_entropy(logits, target)
-
-
-@dataclass(kw_only=True)
-class RankerConfig:
-    n_items: int
-    n_occupations: int
-    n_dense: int
-    dim: int = 32
-    heads: int = 4
-    hidden: int = 128
-    dropout: float = 0.1
-
-
-class DeepRanker(nn.Module):
-    """Pointwise ranker: target-item attention over the user's recent items (DIN-style) + dense features.
-
-    The candidate item is the query; the recent items are keys/values, so the interest vector is "the part of
-    the history that is about this candidate" (a sci-fi candidate attends to the sci-fi history).
-    """
-
-    def __init__(self, cfg: RankerConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        n = cfg.n_items
-        self.item = nn.Embedding(n + 2, cfg.dim, padding_idx=n + 1)
-        self.attn = MultiHeadAttention(cfg.dim, cfg.heads, dropout=cfg.dropout)
-        self.user_cats = user_cat_embeddings(cfg.n_occupations, 8)
-        self.dense_norm = nn.LayerNorm(cfg.n_dense)
-        self.mlp = nn.Sequential(
-            nn.Linear(3 * cfg.dim + 3 * 8 + cfg.n_dense, cfg.hidden),
-            nn.ReLU(),
-            nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.hidden, cfg.hidden // 2),
-            nn.ReLU(),
-            nn.Linear(cfg.hidden // 2, 1),
-        )
-
-    def forward(self, item_idx: Tensor, hist: Tensor, user_cats: Tensor, dense: Tensor) -> Tensor:
-        """item_idx (B,), hist (B, L), user_cats (B, 3), dense (B, n_dense) -> logits (B,)."""
-        pad = self.cfg.n_items + 1
-        target = self.item(item_idx)  # (B, d)
-        keys = self.item(hist)  # (B, L, d)
-        interest = self.attn(target[:, None, :], keys, keys, key_padding_mask=hist == pad)[:, 0]  # (B, d)
-        cats = torch.cat([emb(user_cats[:, j]) for j, emb in enumerate(self.user_cats)], dim=-1)
-        x = torch.cat([target, interest, target * interest, cats, self.dense_norm(dense)], dim=-1)
-        return self.mlp(x).squeeze(-1)
-
-    def score_candidates(self, item_idx: Tensor, hist: Tensor, user_cats: Tensor, dense: Tensor) -> Tensor:
-        """Serving path: B candidates of *one* user. item_idx (B,), hist (1, L), user_cats (1, 3) -> logits (B,).
-
-        Same numbers as ``forward`` with the history repeated B times, but the keys/values of the history are
-        projected once (1, H, L, D) and broadcast against the B queries in the attention matmuls, instead of
-        B identical copies: the attention was ~60% of the ranker's CPU per request.
-        """
-        pad = self.cfg.n_items + 1
-        target = self.item(item_idx)  # (B, d)
-        keys = self.item(hist)  # (1, L, d)
-        interest = self.attn(target[:, None, :], keys, keys, key_padding_mask=hist == pad)[:, 0]  # (B, d)
-        cats = torch.cat([emb(user_cats[:, j]) for j, emb in enumerate(self.user_cats)], dim=-1)  # (1, 24)
-        b = item_idx.shape[0]
-        x = torch.cat([target, interest, target * interest, cats.expand(b, -1), self.dense_norm(dense)], dim=-1)
-        return self.mlp(x).squeeze(-1)
 
 
 @dataclass(kw_only=True)
@@ -231,3 +80,94 @@ class SASRec(nn.Module):
 
     def next_item_scores(self, seq: Tensor) -> Tensor:
         return self.hidden(seq)[:, -1] @ self.item.weight[1:].T  # (B, n_items)
+
+
+@dataclass
+class SASRecInference:
+    """:class:`SASRec`'s forward pass for one history in numpy, for serving (equal to the torch model, tested).
+
+    Only the history's real positions are computed: with left padding, real positions never attend to padding
+    (key mask) and padding outputs are zeroed, so dropping them changes nothing — and a 5-item history costs
+    5 positions, not 50. Each weight is a float32 array taken from the eval-mode model (dropout off).
+    """
+
+    item: np.ndarray  # (n_items + 1, d), row 0 = padding
+    pos: np.ndarray  # (L, d)
+    blocks: list[dict[str, np.ndarray]]
+    norm: tuple[np.ndarray, np.ndarray]
+    heads: int
+    scale: float  # sqrt(d), the input embedding scale
+    source: SASRec | None = field(default=None, repr=False, compare=False)
+    """The model whose parameters the arrays are views of (training updates them in place)."""
+
+    @classmethod
+    def from_model(cls, model: SASRec) -> SASRecInference:
+        def arr(t: Tensor) -> np.ndarray:
+            return np.asarray(t.detach().numpy(), dtype=np.float32)  # a view: no copy of the weights
+
+        blocks = []
+        for b in model.blocks:
+            assert isinstance(b, SASRecBlock)
+            layers: dict[str, nn.Module] = {
+                "n1": b.norm1, "q": b.attn.q_proj, "k": b.attn.k_proj, "v": b.attn.v_proj, "o": b.attn.out_proj,
+                "n2": b.norm2, "f1": b.ffn[0], "f2": b.ffn[3],
+            }  # fmt: skip
+            blocks.append(
+                {f"{name}{p[0]}": arr(getattr(layer, p)) for name, layer in layers.items() for p in ("weight", "bias")}
+            )
+        return cls(
+            item=arr(model.item.weight),
+            pos=arr(model.pos.weight),
+            blocks=blocks,
+            norm=(arr(model.norm.weight), arr(model.norm.bias)),
+            heads=model.cfg.heads,
+            scale=float(model.cfg.dim**0.5),
+            source=model,
+        )
+
+    def next_item_scores(self, hist: np.ndarray) -> np.ndarray:
+        """(n_items,) float64 logits of the item after ``hist`` (item indices, oldest first).
+
+        The last block computes only the last position's query: it is the only output used, and the keys and
+        values of every position come from the block before it.
+        """
+        from scipy.special import erf
+
+        L, d = self.pos.shape
+        seq = np.asarray(hist, dtype=np.int64)[-L:] + 1  # 0 is padding
+        n = len(seq)
+        if n == 0:  # all padding: the last position's hidden state is the final norm of zeros
+            h_last = _layer_norm(np.zeros((1, d), np.float32), *self.norm)[-1]
+            return (self.item[1:] @ h_last).astype(np.float64)
+        x = self.item[seq] * self.scale + self.pos[L - n :]  # (n, d): the left-padded positions L-n … L-1
+        heads, hd = self.heads, d // self.heads
+        for b, w in enumerate(self.blocks):  # keys: layer + w(eight) / b(ias)
+            h = _layer_norm(x, w["n1w"], w["n1b"])
+            k = (h @ w["kw"].T + w["kb"]).reshape(n, heads, hd).transpose(1, 0, 2)  # (H, n, hd)
+            v = (h @ w["vw"].T + w["vb"]).reshape(n, heads, hd).transpose(1, 0, 2)
+            if b == len(self.blocks) - 1:
+                x, h = x[-1:], h[-1:]  # only the last position from here on
+            r = len(x)
+            q = (h @ w["qw"].T + w["qb"]).reshape(r, heads, hd).transpose(1, 0, 2)  # (H, r, hd)
+            s = q @ k.transpose(0, 2, 1) * (1.0 / np.sqrt(hd))  # (H, r, n)
+            if r > 1:
+                s[:, _later(n)] = -np.inf  # causal: position t sees items 0..t
+            s = np.exp(s - s.max(axis=-1, keepdims=True))
+            a = (s / s.sum(axis=-1, keepdims=True)) @ v  # (H, r, hd)
+            x = x + a.transpose(1, 0, 2).reshape(r, d) @ w["ow"].T + w["ob"]
+            f = _layer_norm(x, w["n2w"], w["n2b"]) @ w["f1w"].T + w["f1b"]
+            f = 0.5 * f * (1.0 + erf(f * np.float32(1.0 / np.sqrt(2.0))))  # exact GELU, as nn.GELU()
+            x = x + f @ w["f2w"].T + w["f2b"]
+        h_last = _layer_norm(x[-1:], *self.norm)[0]
+        return (self.item[1:] @ h_last).astype(np.float64)
+
+
+@functools.cache
+def _later(n: int) -> np.ndarray:
+    """(n, n) bool, True above the diagonal: the keys a causal query may not see (cached per length)."""
+    return np.triu(np.ones((n, n), dtype=bool), k=1)
+
+
+def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    xc = x - x.mean(axis=-1, keepdims=True)
+    return xc / np.sqrt((xc * xc).mean(axis=-1, keepdims=True) + eps) * w + b

@@ -55,17 +55,41 @@ class Scorer:
     def score_history(self, hists: Sequence[np.ndarray], request_ts: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def score_one(self, hist: np.ndarray, t: int) -> np.ndarray:
+        """One request's scores over the catalogue, (n_items,) float64, a new array the caller may change.
+
+        The serving path: equal to ``score_history([hist], [t])[0]`` up to float rounding (tested), without
+        the batch machinery (a sparse matrix built per request cost more than the product it fed).
+        """
+        return np.array(self.score_history([hist], np.array([t], dtype=np.int64))[0], dtype=np.float64)
+
+    def _rows(self, hists: Sequence[np.ndarray], request_ts: np.ndarray) -> np.ndarray:
+        """``score_history`` as one ``score_one`` per history: for scorers whose batch and request paths must
+        give the same numbers to the last bit (the ranker's tree splits see every bit)."""
+        if not len(hists):
+            return np.zeros((0, self.n_items))
+        return np.stack([self.score_one(h, int(t)) for h, t in zip(hists, request_ts, strict=True)])
+
     def _remember(self, stage: Holdout) -> None:
         self._hist = stage.histories
         self.n_items = stage.n_items
 
 
-def _multi_hot(hists: Sequence[np.ndarray], n_items: int) -> sp.csr_matrix:
-    rows = np.repeat(np.arange(len(hists)), [len(h) for h in hists])
-    cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in hists]) if hists else np.zeros(0, np.int64)
-    m = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(hists), n_items))
-    m.data[:] = 1.0
-    return m
+def csr_rows_sum(m: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Σ_j weights[j] · m[rows[j]] as a dense float64 vector, straight from the CSR arrays (zeros for no rows).
+
+    What ``(one-row sparse matrix) @ m`` computes, without building a matrix per request: the nonzeros of the
+    chosen rows are gathered by index arithmetic and summed into their columns with one ``bincount``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    start = m.indptr[rows]
+    lens = m.indptr[rows + 1] - start
+    # position of every nonzero of the chosen rows in m.data: each row's start, then 0, 1, 2 … within the row
+    pos = np.repeat(start - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+    vals = m.data[pos].astype(np.float64)
+    if weights is not None:
+        vals *= np.repeat(np.asarray(weights, dtype=np.float64), lens)
+    return np.bincount(m.indices[pos], weights=vals, minlength=m.shape[1]).astype(np.float64, copy=False)
 
 
 class Popularity(Scorer):
@@ -78,6 +102,9 @@ class Popularity(Scorer):
 
     def score_history(self, hists: Sequence[np.ndarray], request_ts: np.ndarray) -> np.ndarray:
         return np.tile(self.counts, (len(hists), 1))
+
+    def score_one(self, hist: np.ndarray, t: int) -> np.ndarray:
+        return self.counts.copy()
 
 
 def decayed_counts(
@@ -120,6 +147,29 @@ class Trending(Scorer):
     def score_history(self, hists: Sequence[np.ndarray], request_ts: np.ndarray) -> np.ndarray:
         return decayed_counts(self.ev_ts, self.ev_items, self.n_items, request_ts, self.params["half_life_days"])
 
+    def score_one(self, hist: np.ndarray, t: int) -> np.ndarray:
+        """After the last event the counts only decay: s(t) = s(end) · 0.5^((t − end) / half-life), O(items)
+        per request instead of a pass over every event (2 ms a request on ML-100k). Earlier times (a request
+        inside the log's span) take the general path."""
+        end = getattr(self, "_end", None)
+        if end is None:
+            anchor = int(self.ev_ts[-1]) + 1 if len(self.ev_ts) else 0  # every event counts at ``anchor``
+            counts = decayed_counts(self.ev_ts, self.ev_items, self.n_items, np.array([anchor]), self.half_life)[0]
+            end = self._end = (anchor, counts)
+        anchor, counts = end
+        if t < anchor:
+            return super().score_one(hist, t)
+        if not np.isfinite(self.half_life) or t == anchor:
+            return counts.copy()
+        return counts * 0.5 ** ((t - anchor) / (self.half_life * DAY))
+
+    @property
+    def half_life(self) -> float:
+        return float(self.params["half_life_days"])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_end"}
+
 
 class ItemKNN(Scorer):
     """Cosine item similarity with shrinkage, the ``neighbours`` most similar kept per item."""
@@ -141,7 +191,10 @@ class ItemKNN(Scorer):
         return self
 
     def score_history(self, hists: Sequence[np.ndarray], request_ts: np.ndarray) -> np.ndarray:
-        return np.asarray((_multi_hot(hists, self.n_items) @ self.sim).todense())
+        return self._rows(hists, request_ts)
+
+    def score_one(self, hist: np.ndarray, t: int) -> np.ndarray:
+        return csr_rows_sum(self.sim, np.unique(np.asarray(hist, dtype=np.int64)))
 
 
 class EASE(Scorer):
@@ -161,7 +214,11 @@ class EASE(Scorer):
         return self
 
     def score_history(self, hists: Sequence[np.ndarray], request_ts: np.ndarray) -> np.ndarray:
-        return np.asarray(_multi_hot(hists, self.n_items) @ self.b)
+        return self._rows(hists, request_ts)
+
+    def score_one(self, hist: np.ndarray, t: int) -> np.ndarray:
+        rows = self.b[np.unique(np.asarray(hist, dtype=np.int64))]  # (n_hist, n_items) float32
+        return np.add.reduce(rows, axis=0).astype(np.float64)
 
 
 class CoVisit(Scorer):
@@ -192,17 +249,18 @@ class CoVisit(Scorer):
         return self
 
     def score_history(self, hists: Sequence[np.ndarray], request_ts: np.ndarray) -> np.ndarray:
-        last, decay = self.params["last"], self.params["decay"]
-        rows, cols, vals = [], [], []
-        for r, h in enumerate(hists):
-            tail = np.asarray(h[-last:], dtype=np.int64)
-            rows.append(np.full(len(tail), r))
-            cols.append(tail)
-            vals.append(decay ** np.arange(len(tail))[::-1])
-        w = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(hists), self.n_items)
-        )
-        return np.asarray((w @ self.c).todense())
+        return self._rows(hists, request_ts)
+
+    def score_one(self, hist: np.ndarray, t: int) -> np.ndarray:
+        tail = np.asarray(hist[-self.params["last"] :], dtype=np.int64)
+        return csr_rows_sum(self.c, tail, float(self.params["decay"]) ** np.arange(len(tail))[::-1])
+
+    def next_row(self, item: int) -> np.ndarray:
+        """(n_items,) co-visitation of ``item`` with every other item (row ``item`` of C, dense)."""
+        row = np.zeros(self.c.shape[1], dtype=np.float64)
+        lo, hi = self.c.indptr[item], self.c.indptr[item + 1]
+        row[self.c.indices[lo:hi]] = self.c.data[lo:hi]
+        return row
 
 
 def weight_matrix(x: sp.csr_matrix, how: str) -> sp.csr_matrix:
@@ -346,16 +404,26 @@ class SASRecScorer(Scorer):
         return torch.nn.functional.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long))
 
     def score_history(self, hists: Sequence[np.ndarray], request_ts: np.ndarray) -> np.ndarray:
-        import torch
+        return self._rows(hists, request_ts)
 
-        L = self.model.cfg.max_len
-        inp = np.zeros((len(hists), L), dtype=np.int64)
-        for r, h in enumerate(hists):
-            s = np.asarray(h[-L:], dtype=np.int64) + 1
-            if len(s):
-                inp[r, L - len(s) :] = s
-        with torch.inference_mode():
-            return self.model.next_item_scores(torch.from_numpy(inp)).numpy()
+    def score_one(self, hist: np.ndarray, t: int) -> np.ndarray:
+        """Next-item logits in numpy over the history's real positions only (``model.SASRecInference``,
+        equal to the torch forward pass to float rounding, tested): torch's per-operator overhead on a
+        (1, 50) input was 1.5 ms a request. Training and scoring share the weights' memory, so the scores
+        always use the current weights."""
+        from systems.recsys.model import SASRecInference
+
+        fast = self.__dict__.get("_inference")
+        if fast is None or fast.source is not self.model:
+            fast = self._inference = SASRecInference.from_model(self.model)
+        return fast.next_item_scores(np.asarray(hist, dtype=np.int64))
+
+    def __getstate__(self) -> dict[str, Any]:  # the fast path's views and a tuning callback are not state
+        return {k: v for k, v in self.__dict__.items() if k not in ("_inference", "checkpoint")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.checkpoint = None
 
 
 # ---------------------------------------------------------------------------------------------- tuning

@@ -38,6 +38,8 @@ class ItemClock:
 
     keys: np.ndarray  # sorted item_idx * 2^40 + ts
     first_ts: np.ndarray  # (n_items,) first interaction, int64 max when never seen
+    last_ts: np.ndarray  # (n_items,) last interaction, -1 when never seen
+    end: int  # the last interaction of all
 
     @classmethod
     def build(cls, stage: Holdout) -> ItemClock:
@@ -46,10 +48,15 @@ class ItemClock:
         keys = np.sort(items * (1 << 40) + ts)
         first = np.full(stage.n_items, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(first, items, ts)
-        return cls(keys=keys, first_ts=first)
+        last = np.full(stage.n_items, -1, dtype=np.int64)
+        np.maximum.at(last, items, ts)
+        return cls(keys=keys, first_ts=first, last_ts=last, end=int(ts.max()) if len(ts) else -1)
 
     def days_since_last(self, items: np.ndarray, t: np.ndarray) -> np.ndarray:
         """Days between each request time and the item's last interaction before it (365·10 if none)."""
+        if len(t) and int(t.min()) > self.end:  # after the log (every request when serving): the last of all
+            last = self.last_ts[items]
+            return np.where(last >= 0, (t - last) / DAY, 3650.0)
         q = items * (1 << 40) + t
         pos = np.searchsorted(self.keys, q, side="left") - 1
         ok = pos >= 0
@@ -118,13 +125,15 @@ class StackedRanker:
         histories: Sequence[np.ndarray] | None = None,
         batch: int = 256,
     ) -> Candidates:
-        """Candidates and features for the stage's users (``rows`` of it; all by default)."""
+        """Candidates and features for the stage's users (``rows`` of it; all by default), with labels.
+
+        Sources score a batch of users at once; each user's candidates and features then come from
+        :meth:`_one` — the function the serving path (:meth:`build_one`) calls too, so a request's feature rows
+        are the ones the ranker was trained and tested on, bit for bit (the parity test checks it).
+        """
         rows = np.arange(len(stage.users)) if rows is None else rows
-        clock, pop = _stage_cache(stage)
         hist_all = stage.histories
         names = [s for s in SOURCES if s in sources]
-        covis = sources.get("covisit")
-        covis_last = covis if isinstance(covis, CoVisit) else None
         out_items, out_group, out_feat, out_label = [], [], [], []
         found: dict[str, list[float]] = {s: [] for s in [*names, "union"]}
         for s0 in range(0, len(rows), batch):
@@ -132,62 +141,105 @@ class StackedRanker:
             users, ts = stage.users[r], stage.request_ts[r]
             # ``histories`` (one per row) serves requests whose history is not the stage's (live sessions)
             hists = [histories[int(x)] for x in r] if histories is not None else [hist_all[int(u)] for u in users]
-            seen = _seen_rows(hists, stage.n_items)
-            scores = {}
-            for name in names:
-                sc = np.asarray(sources[name].score_history(hists, ts), dtype=np.float64)
-                sc[seen] = -np.inf
-                scores[name] = sc
-            last_item = None
-            if covis_last is not None:
-                last_item = np.asarray(covis_last.c[[int(h[-1]) if len(h) else 0 for h in hists]].todense())
-                last_item[[len(h) == 0 for h in hists]] = 0.0
-            tops = {n: np.argpartition(-scores[n], self.per_source - 1, axis=1)[:, : self.per_source] for n in names}
+            scores = {n: np.asarray(sources[n].score_history(hists, ts), dtype=np.float64) for n in names}
             for j, (u_row, u, t, h) in enumerate(zip(r, users, ts, hists, strict=True)):
-                cand = np.unique(np.concatenate([tops[n][j] for n in names]))
-                cand = cand[np.isfinite(scores[names[0]][j, cand])] if names else cand
+                row_scores = {n: scores[n][j] for n in names}
+                cand, feats, tops = self._one(sources, stage, row_scores, user=int(u), t=int(t), hist=h)
                 truth = stage.truth[int(u_row)]
                 if len(truth):
                     for n in names:
-                        found[n].append(np.isin(truth, tops[n][j]).mean())
+                        found[n].append(np.isin(truth, tops[n]).mean())
                     found["union"].append(np.isin(truth, cand).mean())
-                feats = [scores[n][j, cand] for n in names]
-                for n in names:  # rank of the candidate in this source's full ordering, among candidates
-                    order = np.argsort(np.argsort(-scores[n][j, cand], kind="stable"), kind="stable")
-                    feats.append(order.astype(np.float64))
-                t_vec = np.full(len(cand), int(t), dtype=np.int64)
-                feats += [
-                    pop[cand],
-                    clock.days_since_last(cand, t_vec),
-                    clock.age_days(cand, t_vec),
-                    last_item[j, cand] if last_item is not None else np.zeros(len(cand)),
-                    np.full(len(cand), np.log1p(len(h))),
-                    np.full(len(cand), _idle_days(stage, int(u), int(t))),
-                ]
-                if self.categories is not None:
-                    recent = np.asarray(h[-10:], dtype=np.int64)
-                    prof = np.asarray(self.categories[recent].mean(axis=0)).ravel() if len(recent) else None
-                    overlap = self.categories[cand] @ prof if prof is not None else np.zeros(len(cand))
-                    feats.append(np.asarray(overlap).ravel())
-                if self.user_features is not None:
-                    uf = self.user_features[int(u)] if 0 <= int(u) < len(self.user_features) else None
-                    for c in range(self.user_features.shape[1]):
-                        feats.append(np.full(len(cand), -1 if uf is None else uf[c], dtype=np.float64))
                 out_items.append(cand)
                 out_group.append(np.full(len(cand), s0 + j))
-                out_feat.append(np.stack(feats, axis=1))
+                out_feat.append(feats)
                 out_label.append(np.isin(cand, truth).astype(np.float32))
-        feats_all = np.concatenate(out_feat) if out_feat else np.zeros((0, 0))
-        feats_all[~np.isfinite(feats_all)] = -1e9
         return Candidates(
             users=rows,
             items=np.concatenate(out_items),
             group=np.concatenate(out_group),
-            features=feats_all.astype(np.float32),
+            features=np.concatenate(out_feat) if out_feat else np.zeros((0, 0), dtype=np.float32),
             label=np.concatenate(out_label),
             group_user=stage.users[rows].astype(np.int64),
             source_recall={k: float(np.mean(v)) for k, v in found.items() if v},
         )
+
+    def build_one(
+        self, sources: dict[str, Scorer], stage: Holdout, *, user: int, t: int, hist: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One request's candidates and their feature rows (float32): the serving path.
+
+        Each source scores the one history with ``score_one`` (the same numbers as its batch ``score_history``,
+        without the batch machinery), then :meth:`_one` makes the rows exactly as :meth:`build` does; the
+        stage's caches are built once (:func:`prepare_stage`), never per request.
+        """
+        h = np.asarray(hist, dtype=np.int64)
+        scores = {n: sources[n].score_one(h, t) for n in SOURCES if n in sources}
+        cand, feats, _ = self._one(sources, stage, scores, user=user, t=t, hist=h)
+        return cand, feats
+
+    def _one(
+        self,
+        sources: dict[str, Scorer],
+        stage: Holdout,
+        scores: dict[str, np.ndarray],
+        *,
+        user: int,
+        t: int,
+        hist: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """One user's candidates (item_idx, ascending), feature rows (float32) and each source's top items.
+
+        ``scores`` holds each source's (n_items,) float64 scores for this user; items in ``hist`` are masked
+        here (in place). Feature columns: every source's score, every source's rank among the candidates,
+        log popularity, days since last / first seen, co-visitation with the last item, log history length,
+        days since the user's last interaction, category overlap with the last 10 items, user features.
+        """
+        clock, pop = _stage_cache(stage)
+        h = np.asarray(hist, dtype=np.int64)
+        names = list(scores)
+        for sc in scores.values():
+            sc[h] = -np.inf
+        tops = {n: np.argpartition(-scores[n], self.per_source - 1)[: self.per_source] for n in names}
+        cand = np.unique(np.concatenate(list(tops.values()))) if tops else np.zeros(0, dtype=np.int64)
+        cand = cand[np.isfinite(scores[names[0]][cand])] if names else cand
+        feats = [scores[n][cand] for n in names]
+        for n in names:  # rank of the candidate in this source's ordering, among candidates
+            rank = np.empty(len(cand))
+            rank[np.argsort(-scores[n][cand], kind="stable")] = np.arange(len(cand))
+            feats.append(rank)
+        covis = sources.get("covisit")
+        last_item = np.zeros(len(cand))
+        if isinstance(covis, CoVisit) and len(h):
+            last_item = covis.next_row(int(h[-1]))[cand]
+        t_vec = np.full(len(cand), int(t), dtype=np.int64)
+        feats += [
+            pop[cand],
+            clock.days_since_last(cand, t_vec),
+            clock.age_days(cand, t_vec),
+            last_item,
+            np.full(len(cand), np.log1p(len(h))),
+            np.full(len(cand), _idle_days(stage, int(user), int(t))),
+        ]
+        if self.categories is not None:
+            dense = self._dense_categories()
+            recent = h[-10:]
+            feats.append(dense[cand] @ dense[recent].mean(axis=0) if len(recent) else np.zeros(len(cand)))
+        if self.user_features is not None:
+            uf = self.user_features[int(user)] if 0 <= int(user) < len(self.user_features) else None
+            for c in range(self.user_features.shape[1]):
+                feats.append(np.full(len(cand), -1 if uf is None else uf[c], dtype=np.float64))
+        x = np.stack(feats, axis=1) if feats else np.zeros((len(cand), 0))
+        x[~np.isfinite(x)] = -1e9
+        return cand, x.astype(np.float32), tops
+
+    def _dense_categories(self) -> np.ndarray:
+        """(n_items, n_categories) float64 copy of the category matrix (small: items × a few dozen)."""
+        dense = getattr(self, "_dense_cats", None)
+        if dense is None:
+            assert self.categories is not None
+            dense = self._dense_cats = np.asarray(self.categories.todense(), dtype=np.float64)
+        return dense
 
     # ---- training --------------------------------------------------------------------------------
     def _params(self) -> dict[str, Any]:
@@ -247,7 +299,10 @@ class StackedRanker:
         return pred
 
     def predict(self, cands: Candidates) -> np.ndarray:
-        return np.asarray(self.booster.predict(cands.features, num_threads=1), dtype=np.float64)
+        return self.predict_rows(cands.features)
+
+    def predict_rows(self, features: np.ndarray) -> np.ndarray:
+        return np.asarray(self.booster.predict(features, num_threads=1), dtype=np.float64)
 
 
 def ranked_lists(cands: Candidates, scores: np.ndarray, n_groups: int, *, k: int = K_MAX) -> np.ndarray:
@@ -263,33 +318,42 @@ def ranked_lists(cands: Candidates, scores: np.ndarray, n_groups: int, *, k: int
     return out
 
 
+MMR_POOL = 50
+"""MMR re-orders the ranker's top 50 (the visible top 10 diversified, the rest in ranker order)."""
+
+
 def mmr_lists(
     cands: Candidates, scores: np.ndarray, n_groups: int, item_vecs: np.ndarray, lam: float, *, k: int = K_MAX
 ) -> np.ndarray:
-    """Maximal marginal relevance over the ranker's top 5k: λ·relevance − (1−λ)·max similarity to chosen."""
-    base = ranked_lists(cands, scores, n_groups, k=min(5 * 10, 5 * k))
+    """Maximal marginal relevance over the ranker's top 50: λ·relevance − (1−λ)·max similarity to chosen."""
+    base = ranked_lists(cands, scores, n_groups, k=min(MMR_POOL, 5 * k))
     if lam >= 1.0:
         return base[:, :k]
     out = np.full((n_groups, k), -1, dtype=np.int64)
     for g in range(n_groups):
-        pool = base[g][base[g] >= 0]
-        if len(pool) == 0:
-            continue
-        rel = 1.0 - np.arange(len(pool)) / len(pool)
-        v = item_vecs[pool]
-        chosen: list[int] = []
-        max_sim = np.zeros(len(pool))
-        free = np.ones(len(pool), dtype=bool)
-        for _ in range(min(10, len(pool))):  # diversify the visible top 10; the rest keeps the ranker order
-            m = np.where(free, lam * rel - (1 - lam) * max_sim, -np.inf)
-            j = int(np.argmax(m))
-            chosen.append(j)
-            free[j] = False
-            max_sim = np.maximum(max_sim, v @ v[j])
-        rest = [j for j in range(len(pool)) if free[j]]
-        order = pool[np.asarray(chosen + rest, dtype=np.int64)][:k]
+        order = mmr_order(base[g][base[g] >= 0], item_vecs, lam)[:k]
         out[g, : len(order)] = order
     return out
+
+
+def mmr_order(pool: np.ndarray, item_vecs: np.ndarray, lam: float) -> np.ndarray:
+    """``pool`` (items, best first) with its first 10 chosen greedily by λ·relevance − (1−λ)·max similarity to
+    the items already chosen; relevance is the rank in the pool, similarity the dot product of unit vectors."""
+    if len(pool) == 0 or lam >= 1.0:
+        return pool
+    rel = 1.0 - np.arange(len(pool)) / len(pool)
+    v = item_vecs[pool]
+    chosen: list[int] = []
+    max_sim = np.zeros(len(pool))
+    free = np.ones(len(pool), dtype=bool)
+    for _ in range(min(10, len(pool))):  # diversify the visible top 10; the rest keeps the ranker order
+        m = np.where(free, lam * rel - (1 - lam) * max_sim, -np.inf)
+        j = int(np.argmax(m))
+        chosen.append(j)
+        free[j] = False
+        max_sim = np.maximum(max_sim, v @ v[j])
+    rest = [j for j in range(len(pool)) if free[j]]
+    return pool[np.asarray(chosen + rest, dtype=np.int64)]
 
 
 def ndcg_of(lists: np.ndarray, stage: Holdout, rows: np.ndarray) -> np.ndarray:
@@ -313,11 +377,13 @@ def _groups_with_positive(c: Candidates) -> np.ndarray:
     return pos[c.group]
 
 
-def _seen_rows(hists: Sequence[np.ndarray], n_items: int) -> np.ndarray:
-    seen = np.zeros((len(hists), n_items), dtype=bool)
-    for r, h in enumerate(hists):
-        seen[r, np.asarray(h, dtype=np.int64)] = True
-    return seen
+def prepare_stage(stage: Holdout) -> Holdout:
+    """Build a stage's request-independent caches now (item clock, popularity, each user's last time), so that
+    requests against it (:func:`protocol.request_stage` copies them) never rebuild them — rebuilding the clock
+    sorts every interaction, 4 ms a request on ML-100k."""
+    _stage_cache(stage)
+    _idle_days(stage, -1, 0)
+    return stage
 
 
 def _stage_cache(stage: Holdout) -> tuple[ItemClock, np.ndarray]:

@@ -76,6 +76,13 @@ class StudyResult:
     tuned: dict[str, TuneResult]
     ranker: StackedRanker
     winner: str
+    test_scorers: dict[str, Scorer]
+    """Every peer refitted, with its tuned settings, on the test stage's fit rows (what the test scored)."""
+    log: InteractionLog
+    """The log the study ran on (a user sample of the input when ``sample_users`` is set)."""
+    item_vecs: np.ndarray | None
+    mmr_lambda: float
+    """The re-ranking the gate measured our pipeline with (1.0 = none) and the item vectors it uses."""
 
 
 def run_study(log_: InteractionLog, cfg: StudyConfig, *, progress: Callable[[str], None] | None = None) -> StudyResult:
@@ -240,7 +247,17 @@ def run_study(log_: InteractionLog, cfg: StudyConfig, *, progress: Callable[[str
         winner, proto, top10, test_scorers, ranker, test_sources, popular=np.argsort(-item_pop, kind="stable")
     )
     add_verdict(report)
-    return StudyResult(report=report, protocol=proto, tuned=tuned, ranker=ranker, winner=winner)
+    return StudyResult(
+        report=report,
+        protocol=proto,
+        tuned=tuned,
+        ranker=ranker,
+        winner=winner,
+        test_scorers=test_scorers,
+        log=log_,
+        item_vecs=item_vecs,
+        mmr_lambda=float(best_lam),
+    )
 
 
 TARGET_RATIO = 1.10

@@ -50,7 +50,7 @@ def test_no_directories_created_until_asked(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("cls_path", "typo", "suggestion"),
     [
-        ("systems.recsys.settings:RecsysSettings", "MLSD_RECSYS_RANKR", "MLSD_RECSYS_RANKER"),
+        ("systems.recsys.settings:RecsysSettings", "MLSD_RECSYS_SESSION_KEPP", "MLSD_RECSYS_SESSION_KEEP"),
         ("systems.fraud.settings:FraudSettings", "MLSD_FRAUD_API_PROT", "MLSD_FRAUD_API_PORT"),
         ("systems.distributed_training.settings:DistSettings", "MLSD_DIST_DATA_DIRR", "MLSD_DIST_DATA_DIR"),
     ],

@@ -25,6 +25,13 @@ def test_id_map_keeps_public_ids_and_maps_query_text() -> None:
         IdMap(["a", "a"])
 
 
+def test_id_map_reads_only_ascii_integers_in_text_as_integer_ids() -> None:
+    """Query and store text that ``str.isdigit`` calls digits but ``int`` refuses (a superscript, a doubled sign)
+    is an unknown string id, not a crash of the request (found by fuzzing ``GET /recommend``)."""
+    m = IdMap.from_values([36, 5, -5])
+    assert m.indices(["³6", "--5", "５", "36", "-5", "9" * 40]).tolist() == [-1, -1, -1, 0, 2, -1]
+
+
 def test_log_with_sparse_string_ids_and_no_user_features() -> None:
     events = pd.DataFrame(
         {"user_id": ["u-z", "u-a", "u-z"], "item_id": ["sku-900000", "sku-7", "sku-7"], "ts": [30, 10, 20]}
