@@ -293,3 +293,40 @@ def test_exported_customers_restore_the_same_features(tx: pd.DataFrame) -> None:
     got = np.array([second.update(*r) for r in rows[half:]])
     want = np.array([first.update(*r) for r in rows[half:]])
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_a_warm_state_snapshot_scores_like_a_replayed_history_and_follows_its_inputs(
+    tx: pd.DataFrame, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """The restart shortcut: the snapshot gives the features of a fresh replay on the transactions after it; a
+    changed history or warm window is a new snapshot (never the stale one); an unreadable file is rebuilt."""
+    import os
+
+    from systems.fraud.stream import warm_state, warm_state_cached
+
+    history = tmp_path / "tx.parquet"
+    tx.to_parquet(history)
+    start = int(tx["ts_s"].min()) + 30 * SECONDS_PER_DAY
+    after = tx[tx["ts_s"] >= start].head(2000)
+    cache = tmp_path / "warm"
+
+    def feats(state: OnlineFeatures) -> np.ndarray:
+        return np.array(
+            [state.update(r.customer_id, r.terminal_id, r.ts_s, r.amount) for r in after.itertuples(index=False)]
+        )
+
+    expected = feats(warm_state(tx, until_s=start, days=20))
+    first, hit1 = warm_state_cached(history, tx, until_s=start, days=20, cache_dir=cache)
+    second, hit2 = warm_state_cached(history, tx, until_s=start, days=20, cache_dir=cache)
+    assert (hit1, hit2) == (False, True)
+    assert np.array_equal(feats(first), expected) and np.array_equal(feats(second), expected)
+
+    _, other_window = warm_state_cached(history, tx, until_s=start + SECONDS_PER_DAY, days=20, cache_dir=cache)
+    assert not other_window and len(list(cache.glob("*.pkl"))) == 2
+    os.utime(history, ns=(1, 1))  # the history changed (as far as its stat says)
+    _, changed = warm_state_cached(history, tx, until_s=start, days=20, cache_dir=cache)
+    assert not changed
+    for snap in cache.glob("*.pkl"):
+        snap.write_bytes(b"not a pickle")
+    rebuilt, hit = warm_state_cached(history, tx, until_s=start, days=20, cache_dir=cache)
+    assert not hit and np.array_equal(feats(rebuilt), expected)
