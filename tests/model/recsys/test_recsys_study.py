@@ -6,7 +6,7 @@ generated from it. This test runs the CI preset and asserts the same conclusion 
 claim, not a floor. The CI preset has 3 trials per peer, 8 SASRec epochs, and leaves out BPR (minutes per
 trial, far below the best peer on validation in the committed run — asserted below, so the shortcut stays
 honest). Measured: the preset gives our pipeline 1.07× the best peer, 95 % CI 1.02–1.12 (the full run:
-1.09×, 1.03–1.14); without SASRec as a source the lower end fell to 1.002, too close to call.
+1.09×, 1.04–1.14); without SASRec as a source the lower end fell to 1.002, too close to call.
 """
 
 from __future__ import annotations
