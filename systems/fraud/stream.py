@@ -49,7 +49,6 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -208,8 +207,6 @@ class Scorer:
         self.restored = 0  # customer states loaded from the store at partition assignments
         self.republished = 0  # stored decisions published again after a crash between store write and mark
         self.skipped = 0  # re-delivered records already decided and published
-        # ms per commit point, by step (the last 10,000 commits): where a decision's wait goes
-        self.commit_ms: dict[str, deque[float]] = {k: deque(maxlen=10_000) for k in ("store", "publish", "mark")}
         # decided since the last persist: the rows (latency filled in at persist time) and what to publish
         self._decided: list[tuple[Transaction, float, str, str, float, bytes, list[float]]] = []
         self._touched: dict[int, int] = {}  # customer id -> partition, changed since the last persist
@@ -342,9 +339,7 @@ class Scorer:
             messages.append((str(t.customer_id).encode(), msg, record))
         states = [(cid, self._touched[cid], blob) for cid, blob in self.state.export_customers(self._touched)]
         offsets = dict(self.applied)
-        t0 = time.perf_counter()
         self.store.commit_batch(rows, states, offsets)
-        t1 = time.perf_counter()
         # only now is anything published: a decision on the topic is always a stored one
         send, topic, ptopic = self.producer.send, self.settings.decisions_topic, self.settings.predictions_topic
         for key, msg, record in messages:
@@ -366,13 +361,9 @@ class Scorer:
                 send(topic, msg, key=str(row["customer_id"]).encode())
                 self.republished += 1
         self.producer.flush()
-        t2 = time.perf_counter()
         # published up to what this process has read: during a re-delivery that is below `applied`, and the
         # records between the two still get their stored decision published when they come
         self.store.mark_published(self._seen)
-        t3 = time.perf_counter()
-        for step, ms in (("store", t1 - t0), ("publish", t2 - t1), ("mark", t3 - t2)):
-            self.commit_ms[step].append(ms * 1e3)
         self.published.update(self._seen)
         self._decided, self._touched, self._republish, self._seen, self._dirty = [], {}, [], {}, False
 
@@ -671,17 +662,6 @@ def main(argv: list[str] | None = None) -> None:
             scorer.republished,
             scorer.skipped,
         )
-        for step, values in scorer.commit_ms.items():
-            if values:
-                v = np.asarray(values)
-                log.info(
-                    "commit point, %s: p50 %.1f / p99 %.1f / max %.1f ms over the last %d commits",
-                    step,
-                    np.percentile(v, 50),
-                    np.percentile(v, 99),
-                    v.max(),
-                    len(v),
-                )
     except MlsdError as exc:
         log.error("%s", exc)
         sys.exit(2)
