@@ -629,7 +629,7 @@ def run_bench(
                 start_day=start_day,
                 stream_rate=1000 if quick else 2000,
                 api_rate=50 if quick else 100,
-                duration_s=60 if quick else 120,
+                duration_s=40 if quick else 90,
                 kills=2 if quick else 3,
                 seed=0,
                 log=logs / "chaos.log",

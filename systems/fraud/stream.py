@@ -438,47 +438,6 @@ def warm_state(history: pd.DataFrame, *, until_s: int, days: int) -> OnlineFeatu
     return state
 
 
-def warm_state_cached(
-    history: Path, tx: pd.DataFrame, *, until_s: int, days: int, cache_dir: Path
-) -> tuple[OnlineFeatures, bool]:
-    """:func:`warm_state`, kept as a snapshot file so a restarted scorer loads it instead of replaying the
-    history again; returns (state, whether the snapshot was used).
-
-    The replay is the slowest part of a restart (~4 s of CPU on an idle machine, 12 s when the machine is busy,
-    which is when scorers get restarted); loading the snapshot takes ~0.5 s. The key covers everything the
-    state depends on: the history file (path, size, modification time), the warm window and the feature code
-    itself, so a changed input or a new version of ``features.py`` never loads a stale state. A snapshot that
-    cannot be read is replaced.
-    """
-    import hashlib
-    import os
-    import pickle
-
-    from systems.fraud import features
-
-    st = history.stat()
-    code = hashlib.sha256(Path(features.__file__).read_bytes()).hexdigest()
-    key = hashlib.sha256(
-        f"{history.resolve()}|{st.st_size}|{st.st_mtime_ns}|{until_s}|{days}|{code}".encode()
-    ).hexdigest()[:20]
-    path = cache_dir / f"warm-state-{key}.pkl"
-    if path.exists():
-        try:
-            with path.open("rb") as f:
-                state = pickle.load(f)
-            if isinstance(state, OnlineFeatures):
-                return state, True
-        except Exception as exc:  # a truncated or foreign file: rebuild it
-            log.warning("warm-state snapshot %s unreadable (%s); replaying the history", path, exc)
-    state = warm_state(tx, until_s=until_s, days=days)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)  # atomic: a scorer starting at the same time reads the old file or the whole new one
-    return state, False
-
-
 class ScorerHealth:
     """What the scorer process's ``/readyz`` answers: the group has assigned it, its label reader is up and
     has caught up, and its scoring loop runs."""
@@ -529,17 +488,11 @@ def run_scorer(
     """
     health = health or ScorerHealth()
     state = OnlineFeatures()
-    t_start = time.monotonic()
     if history is not None:
         tx = pd.read_parquet(history, columns=["tx_id", "ts_s", "customer_id", "terminal_id", "amount", "fraud"])
         until = warm_until_s or settings.warm_until_s or day_start_s(tx, settings.replay_start_day)
-        state, hit = warm_state_cached(
-            history, tx, until_s=until, days=settings.warm_days, cache_dir=settings.system_dir("fraud") / "warm"
-        )
+        state = warm_state(tx, until_s=until, days=settings.warm_days)
         del tx
-        log.info(
-            "warm state %s in %.1f s", "loaded from its snapshot" if hit else "replayed", time.monotonic() - t_start
-        )
     if freeze_gc:
         gc.collect()
         gc.freeze()
@@ -569,7 +522,6 @@ def run_scorer(
     # scorer would otherwise score its backlog against a half-read label topic): wait, bounded.
     if not health.labels_caught_up.wait(settings.label_catch_up_s):
         log.warning("label topic not read to its end within %.0f s; scoring anyway", settings.label_catch_up_s)
-    log.info("champion v%s loaded, label topic read: %.1f s after start", model.version, time.monotonic() - t_start)
     consumer = make_consumer(settings, [settings.transactions_topic], settings.group_id)
     consumer.on_assign = scorer.on_assign
 
