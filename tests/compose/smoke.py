@@ -521,8 +521,8 @@ def wait_decisions_through_stalls(
     left it cleanly (a scorer closes its consumer when its store transaction fails), the next generation
     sometimes never gets its partitions, so the restarted scorers poll forever and decide nothing; Apache Kafka
     rebalances. When no decision lands for ``stall_s`` (more than a restart, the state warm-up and a group join
-    take here), the scorers are SIGKILLed and started again: members that vanish without leaving expire by
-    session timeout, which tansu handles. That changes nothing the check asserts (every transaction, exactly
+    take here), the scorers are SIGKILLed and recreated in a fresh consumer group (waiting for the stuck group's
+    members to expire did not clear it here). That changes nothing the check asserts (every transaction, exactly
     one stored decision); the number of stalls is reported.
     """
     stalls, deadline = 0, time.monotonic() + timeout_s
@@ -541,9 +541,12 @@ def wait_decisions_through_stalls(
             stalls += 1
             console.print(f"   no decision for {stall_s:.0f} s at {rows} of {expected}: restarting the scorers")
             compose("kill", "-s", "SIGKILL", *scorers, profile="fraud")
-            # `docker start`, not `docker compose start`: compose would run the one-shot fraud-init again first
-            # (simulate + train, minutes), and the scorers would wait for it past the next stall deadline
-            run(["docker", "start", *(compose.container(s, "fraud") for s in scorers)])
+            # Recreated in a fresh consumer group: tansu's coordinator can keep a group without assignments for
+            # good. The new group reads from the beginning; the decision store's applied offsets (restored on
+            # assignment) skip what was decided, so what the check asserts (every transaction, exactly one stored
+            # decision) is unchanged. `--no-deps`: compose would run the one-shot fraud-init (minutes) first.
+            os.environ["MLSD_FRAUD_GROUP_ID"] = f"fraud-scorer-kick{stalls}"
+            compose("up", "-d", "--no-deps", "--force-recreate", *scorers, profile="fraud")
             since = time.monotonic()
         time.sleep(1.0)
     raise SmokeError(f"fraud: {expected} decisions in Postgres: not within {timeout_s:.0f} s; {decisions(compose)}")
