@@ -34,6 +34,12 @@ from systems.recsys.settings import RecsysSettings
 from systems.recsys.stream import BrowseEvent, SessionState
 
 
+def _run_tag(settings: RecsysSettings) -> str:
+    """What makes a fault run's shopper ids its own: the online store outlives a run, and a session an earlier
+    run left would look applied at once (a recovery of 0 s) or differ from this run's reference."""
+    return settings.run_id or f"{time.time_ns():x}"
+
+
 def poison_corpus(now_ms: int) -> list[tuple[str, bytes]]:
     """(what it is, the message value): each must be dead-lettered, none may stop the processor."""
 
@@ -99,7 +105,7 @@ def poison_run(settings: RecsysSettings, *, timeout_s: float = 60.0) -> dict[str
     now_ms = int(time.time() * 1000)
     corpus = poison_corpus(now_ms)
     expected: dict[str, list[str]] = {}
-    run = s.run_id or f"{time.time_ns():x}"  # this run's shoppers: the store keeps an earlier run's sessions
+    run = _run_tag(s)
     try:
         for n, (_what, value) in enumerate(corpus):
             producer.send(s.events_topic, value, key=b"poison")
@@ -178,9 +184,7 @@ def chaos_run(
     from systems.recsys.feature_store import SessionReader, ensure_store
 
     s = settings
-    # shoppers of this run only: the online store outlives a run, and a session left by an earlier one would be
-    # "visible" at once (a recovery of 0 s) or differ from this run's reference
-    run = s.run_id or f"{time.time_ns():x}"
+    run = _run_tag(s)
     rng = np.random.default_rng(seed)
     create_topics(s, [TopicSpec(s.events_topic), TopicSpec(dead_letter_topic(s.events_topic))])
     reader = SessionReader(ensure_store(s))
